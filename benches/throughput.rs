@@ -1,0 +1,121 @@
+//! Translation throughput on an opus-mt-fr-en-shaped model (the real config,
+//! vocab 59,514, seeded random weights, no download): 200 corpus sentences,
+//! exactly 48 new tokens each, batch 16 (and 32), greedy and beam 4.
+//!
+//! Run: `cargo bench --bench throughput` (add `-- --batch 16 --beams 1` for one
+//! configuration). Each configuration runs in its own child process so that its
+//! peak RSS is its own. Prints target tokens/s, peak RSS and load time.
+//!
+//! The source sentences are tokenized with the marian-a fixture tokenizer (ids
+//! fit the big vocabulary); decode cost, which dominates, does not depend on it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use transum::bench::{opus_mt_fr_en_config, peak_rss_bytes, random_weights, OPUS_MT_FR_EN_CONFIG};
+use transum::device::Placement;
+use transum::generation::GenerationOverrides;
+use transum::hub::{ModelFiles, ModelSpec};
+use transum::Translator;
+
+const NEW_TOKENS: usize = 48;
+const SENTENCES: usize = 200;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Write the random opus-mt-shaped checkpoint once (target/bench-model).
+fn bench_model() -> PathBuf {
+    let dir = repo().join("target/bench-model");
+    if dir.join("model.safetensors").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = repo().join("tests/fixtures/models/marian-a");
+    for f in ["source.spm", "target.spm", "vocab.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(dir.join("config.json"), OPUS_MT_FR_EN_CONFIG).unwrap();
+    std::fs::write(
+        dir.join("generation_config.json"),
+        r#"{"bad_words_ids": [[59513]], "bos_token_id": 0, "decoder_start_token_id": 59513, "eos_token_id": 0,
+            "forced_eos_token_id": 0, "max_length": 512, "num_beams": 4, "pad_token_id": 59513}"#,
+    )
+    .unwrap();
+    let tensors = random_weights(&opus_mt_fr_en_config(), 42).unwrap();
+    let tmp = dir.join("model.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp).unwrap();
+    std::fs::rename(tmp, dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+fn corpus_sentences() -> Vec<String> {
+    let shared = repo().join("../shared/corpus");
+    let dir = if shared.is_dir() { shared } else { repo().join("corpus") };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        let text = std::fs::read_to_string(&p).unwrap();
+        for line in text.lines() {
+            out.extend(transum::text::split_sentences(line).into_iter().map(str::to_string));
+        }
+    }
+    // Cycle through the corpus to the fixed workload size.
+    (0..SENTENCES).map(|i| out[i % out.len()].clone()).collect()
+}
+
+fn run_one(dir: &Path, batch: usize, beams: usize) {
+    let files = ModelFiles {
+        dir: dir.to_path_buf(),
+        weights: dir.join("model.safetensors"),
+        spec: ModelSpec::Local(dir.to_path_buf()),
+    };
+    let t0 = Instant::now();
+    let overrides = GenerationOverrides {
+        num_beams: Some(beams),
+        max_new_tokens: Some(NEW_TOKENS),
+        min_new_tokens: Some(NEW_TOKENS),
+        ..Default::default()
+    };
+    let mut tr = Translator::load(&files, &Placement::cpu(), &overrides).unwrap();
+    let load_s = t0.elapsed().as_secs_f64();
+    tr.max_batch = batch;
+    tr.batch_tokens = usize::MAX;
+    let sentences = corpus_sentences();
+    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let t1 = Instant::now();
+    let out = tr.translate(&refs).unwrap();
+    let secs = t1.elapsed().as_secs_f64();
+    let tokens: usize = out.iter().map(|t| t.hypothesis.tokens.len()).sum();
+    assert_eq!(tokens, SENTENCES * NEW_TOKENS, "every sentence gets exactly {NEW_TOKENS} new tokens");
+    let rss = peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64;
+    println!(
+        "f32   beams={beams} batch={batch:<3} {:>8.1} tok/s  {tokens} tokens in {secs:>6.2}s  peak RSS {rss:>6.0} MiB  load {load_s:.2}s",
+        tokens as f64 / secs
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].parse::<usize>().unwrap());
+    let dir = bench_model();
+    if let (Some(batch), Some(beams)) = (arg("--batch"), arg("--beams")) {
+        run_one(&dir, batch, beams);
+        return;
+    }
+    println!(
+        "transum throughput: opus-mt-fr-en shape, {SENTENCES} sentences x {NEW_TOKENS} new tokens, RAYON_NUM_THREADS={}",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into())
+    );
+    let exe = std::env::current_exe().unwrap();
+    for (batch, beams) in [(16, 1), (16, 4), (32, 1), (32, 4)] {
+        let status = Command::new(&exe)
+            .args(["--batch", &batch.to_string(), "--beams", &beams.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}

@@ -1,0 +1,111 @@
+//! Logits processors with transformers' semantics and order
+//! (`GenerationMixin._get_logits_processor`): bad words, min length, min new
+//! tokens, forced EOS at the length limit, then optional renormalization.
+//!
+//! They work on one row's scores on the host, given that row's token history
+//! (decoder start token included), and only ever mask scores, force EOS or
+//! renormalize, so greedy and beam search share them unchanged.
+
+use super::GenerationOptions;
+
+/// The processor chain built once from validated options.
+#[derive(Debug, Clone)]
+pub struct LogitsProcessor {
+    /// Single-token bad words, banned at every step.
+    banned: Vec<u32>,
+    /// Multi-token bad words: banned last token when the history ends with the prefix.
+    banned_sequences: Vec<Vec<u32>>,
+    min_length: usize,
+    min_new_tokens: usize,
+    forced_eos: Vec<u32>,
+    eos: Vec<u32>,
+    max_length: usize,
+    renormalize: bool,
+}
+
+impl LogitsProcessor {
+    /// Build the chain for `opts`.
+    pub fn new(opts: &GenerationOptions) -> Self {
+        // transformers drops bad-word entries that are exactly one EOS id.
+        let words: Vec<&Vec<u32>> = opts
+            .bad_words_ids
+            .iter()
+            .filter(|w| !(w.len() == 1 && opts.eos_token_ids.contains(&w[0])))
+            .collect();
+        LogitsProcessor {
+            banned: words.iter().filter(|w| w.len() == 1).map(|w| w[0]).collect(),
+            banned_sequences: words.iter().filter(|w| w.len() > 1).map(|w| (*w).clone()).collect(),
+            min_length: opts.min_length,
+            min_new_tokens: opts.min_new_tokens,
+            forced_eos: opts.forced_eos_token_ids.clone(),
+            eos: opts.eos_token_ids.clone(),
+            max_length: opts.max_length,
+            renormalize: opts.renormalize_logits,
+        }
+    }
+
+    /// Apply every processor to `scores` of a row whose tokens so far are `history`.
+    pub fn apply(&self, history: &[u32], scores: &mut [f32]) {
+        let cur_len = history.len();
+        let mut ban = |id: u32| {
+            if let Some(s) = scores.get_mut(id as usize) {
+                *s = f32::NEG_INFINITY;
+            }
+        };
+        for &id in &self.banned {
+            ban(id);
+        }
+        for seq in &self.banned_sequences {
+            let prefix = &seq[..seq.len() - 1];
+            if history.ends_with(prefix) {
+                ban(seq[seq.len() - 1]);
+            }
+        }
+        if cur_len < self.min_length || cur_len - 1 < self.min_new_tokens {
+            for &e in &self.eos {
+                ban(e);
+            }
+        }
+        if !self.forced_eos.is_empty() && cur_len + 1 == self.max_length {
+            scores.fill(f32::NEG_INFINITY);
+            for &e in &self.forced_eos {
+                if let Some(s) = scores.get_mut(e as usize) {
+                    *s = 0.0;
+                }
+            }
+        }
+        if self.renormalize {
+            log_softmax_in_place(scores);
+        }
+    }
+}
+
+/// `log_softmax` over one row, in f32 like torch.
+pub fn log_softmax_in_place(scores: &mut [f32]) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return;
+    }
+    let sum: f32 = scores.iter().map(|&x| (x - max).exp()).sum();
+    let log_sum = sum.ln();
+    for s in scores.iter_mut() {
+        *s = *s - max - log_sum;
+    }
+}
+
+/// Index of the first maximum (torch.argmax tie rule) and the top-1 minus top-2 margin.
+pub fn argmax_with_margin(scores: &[f32]) -> (u32, f32) {
+    let mut best = 0usize;
+    let mut top = f32::NEG_INFINITY;
+    let mut second = f32::NEG_INFINITY;
+    for (i, &s) in scores.iter().enumerate() {
+        if s > top {
+            second = top;
+            top = s;
+            best = i;
+        } else if s > second {
+            second = s;
+        }
+    }
+    (best as u32, top - second)
+}

@@ -1,0 +1,196 @@
+//! Text generation, written once against the [`crate::models::Seq2Seq`] trait:
+//! the resolved generation settings ([`GenerationOptions`]), the logits
+//! processors (`logits.rs`) and greedy and beam search (`search.rs`), with
+//! transformers' `generate` semantics (transformers 5.x `GenerationMixin`).
+//!
+//! Settings come from the checkpoint's `generation_config.json`, else the legacy
+//! fields of `config.json`, else transformers' defaults; user flags override.
+
+pub mod logits;
+pub mod search;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+pub use search::{generate, Hypothesis};
+
+/// transformers' `early_stopping`: `False`, `True` or `"never"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EarlyStopping {
+    /// `False`: stop when the best running beam cannot beat the worst finished one
+    /// at the current length (transformers' default heuristic).
+    Heuristic,
+    /// `True`: stop as soon as `num_beams` hypotheses are finished.
+    Always,
+    /// `"never"`: the canonical beam search stopping rule.
+    Never,
+}
+
+impl std::str::FromStr for EarlyStopping {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "false" | "heuristic" => Ok(EarlyStopping::Heuristic),
+            "true" | "always" => Ok(EarlyStopping::Always),
+            "never" => Ok(EarlyStopping::Never),
+            other => Err(Error::setting(
+                format!("early_stopping {other:?} is not valid"),
+                "use one of: false, true, never",
+            )),
+        }
+    }
+}
+
+/// Fully resolved generation settings: what decides the output.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationOptions {
+    /// 1 = greedy search.
+    pub num_beams: usize,
+    /// Maximum decoder length, the decoder start token included (transformers' `max_length`).
+    pub max_length: usize,
+    /// Minimum decoder length, start token included (`min_length`).
+    pub min_length: usize,
+    /// Minimum number of generated tokens (`min_new_tokens`).
+    pub min_new_tokens: usize,
+    /// Token sequences that may never be generated (`bad_words_ids`).
+    pub bad_words_ids: Vec<Vec<u32>>,
+    /// Forced at the last position (`forced_eos_token_id`).
+    pub forced_eos_token_ids: Vec<u32>,
+    pub length_penalty: f32,
+    pub early_stopping: EarlyStopping,
+    pub decoder_start_token_id: u32,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: u32,
+    /// Re-apply log-softmax after the processors (`renormalize_logits`).
+    pub renormalize_logits: bool,
+}
+
+/// User overrides on top of the checkpoint's settings (CLI flags).
+#[derive(Debug, Clone, Default)]
+pub struct GenerationOverrides {
+    pub num_beams: Option<usize>,
+    pub max_length: Option<usize>,
+    pub max_new_tokens: Option<usize>,
+    pub min_new_tokens: Option<usize>,
+    pub length_penalty: Option<f32>,
+    pub early_stopping: Option<EarlyStopping>,
+}
+
+fn ids(v: Option<&Value>) -> Option<Vec<u32>> {
+    match v? {
+        Value::Number(n) => n.as_u64().map(|x| vec![x as u32]),
+        Value::Array(a) => a.iter().map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        _ => None,
+    }
+}
+
+fn usize_field(v: Option<&Value>) -> Option<usize> {
+    v?.as_u64().map(|x| x as usize)
+}
+
+impl GenerationOptions {
+    /// Resolve from `generation_config.json` (if any), then `config.json`, then
+    /// transformers' defaults, then `overrides`.
+    pub fn resolve(
+        generation_config: Option<&Value>,
+        config: &Value,
+        overrides: &GenerationOverrides,
+    ) -> Result<Self> {
+        // transformers 5 takes generation settings only from generation_config.json
+        // when it exists; old checkpoints without one carry them in config.json.
+        let src = generation_config.unwrap_or(config);
+        let get = |k: &str| src.get(k).filter(|v| !v.is_null());
+        let cfg = |k: &str| get(k).or_else(|| config.get(k).filter(|v| !v.is_null()));
+
+        let eos_token_ids = ids(cfg("eos_token_id")).unwrap_or_default();
+        let pad_token_id = ids(cfg("pad_token_id"))
+            .and_then(|v| v.first().copied())
+            .or_else(|| eos_token_ids.first().copied())
+            .ok_or_else(|| {
+                Error::setting(
+                    "the checkpoint defines neither pad_token_id nor eos_token_id",
+                    "add pad_token_id to the model's config.json",
+                )
+            })?;
+        let decoder_start_token_id = ids(cfg("decoder_start_token_id"))
+            .and_then(|v| v.first().copied())
+            .or_else(|| ids(cfg("bos_token_id")).and_then(|v| v.first().copied()))
+            .ok_or_else(|| {
+                Error::setting(
+                    "the checkpoint defines no decoder_start_token_id",
+                    "add decoder_start_token_id to the model's generation_config.json",
+                )
+            })?;
+        let bad_words_ids = match get("bad_words_ids") {
+            Some(Value::Array(seqs)) => seqs
+                .iter()
+                .map(|s| ids(Some(s)).filter(|v| !v.is_empty()))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    Error::setting(
+                        "generation_config.json: bad_words_ids must be a list of lists of token ids",
+                        "fix or remove the field",
+                    )
+                })?,
+            _ => Vec::new(),
+        };
+        let max_new_tokens = overrides.max_new_tokens.or(usize_field(get("max_new_tokens")));
+        let max_length = match (max_new_tokens, overrides.max_length) {
+            (Some(n), _) => n + 1, // the decoder start token counts towards max_length
+            (None, Some(l)) => l,
+            (None, None) => usize_field(get("max_length")).unwrap_or(20),
+        };
+        let early_stopping = match overrides.early_stopping {
+            Some(e) => e,
+            None => match get("early_stopping") {
+                Some(Value::Bool(true)) => EarlyStopping::Always,
+                Some(Value::String(s)) => s.parse()?,
+                _ => EarlyStopping::Heuristic,
+            },
+        };
+        let opts = GenerationOptions {
+            num_beams: overrides.num_beams.or(usize_field(get("num_beams"))).unwrap_or(1),
+            max_length,
+            min_length: usize_field(get("min_length")).unwrap_or(0),
+            min_new_tokens: overrides.min_new_tokens.or(usize_field(get("min_new_tokens"))).unwrap_or(0),
+            bad_words_ids,
+            forced_eos_token_ids: ids(get("forced_eos_token_id")).unwrap_or_default(),
+            length_penalty: overrides
+                .length_penalty
+                .or(get("length_penalty").and_then(|v| v.as_f64()).map(|x| x as f32))
+                .unwrap_or(1.0),
+            early_stopping,
+            decoder_start_token_id,
+            eos_token_ids,
+            pad_token_id,
+            renormalize_logits: get("renormalize_logits").and_then(|v| v.as_bool()).unwrap_or(false),
+        };
+        opts.validate()?;
+        Ok(opts)
+    }
+
+    /// Reject settings that cannot generate anything sensible.
+    pub fn validate(&self) -> Result<()> {
+        if self.num_beams == 0 {
+            return Err(Error::setting("--beams must be at least 1", "use 1 for greedy search, 4 for Marian's default"));
+        }
+        if self.max_length < 2 {
+            return Err(Error::setting(
+                "max_length leaves no room for a generated token",
+                "use --max-new-tokens 1 or more",
+            ));
+        }
+        if !self.length_penalty.is_finite() {
+            return Err(Error::setting("length_penalty must be a finite number", "use e.g. 1.0"));
+        }
+        Ok(())
+    }
+
+    /// Maximum number of generated tokens.
+    pub fn max_new_tokens(&self) -> usize {
+        self.max_length - 1
+    }
+}

@@ -1,0 +1,265 @@
+//! Greedy and beam search over any [`Seq2Seq`] model, matching transformers 5's
+//! `_sample` (greedy) and vectorized `_beam_search` step for step: the same
+//! candidate count (2 x beams), the same finished-hypothesis bookkeeping with
+//! length penalty, and the same early-stopping heuristics.
+//!
+//! Each input is independent of the others in its batch. An input whose result
+//! can no longer change is dropped from the model state at once, so finished
+//! rows stop costing work.
+
+use candle_core::Tensor;
+
+use super::logits::{argmax_with_margin, log_softmax_in_place, LogitsProcessor};
+use super::{EarlyStopping, GenerationOptions};
+use crate::error::Result;
+use crate::models::Seq2Seq;
+
+/// transformers' stand-in for "minus infinity" in beam bookkeeping.
+const NEG: f32 = -1.0e9;
+
+/// The generated result for one input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hypothesis {
+    /// Generated ids, without the decoder start token; ends with EOS when one was generated.
+    pub tokens: Vec<u32>,
+    /// Beam search: the length-penalized log-probability (`sequences_scores`).
+    pub score: Option<f32>,
+    /// Smallest decision margin met on the way (greedy: top-1 minus top-2 of the
+    /// processed scores; beam: smallest gap between adjacent ranked candidates).
+    /// A reference implementation may legitimately differ where this is tiny.
+    pub min_margin: f32,
+}
+
+/// Generate for a padded batch; results come back in input order.
+pub fn generate<M: Seq2Seq>(
+    model: &M,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    opts: &GenerationOptions,
+) -> Result<Vec<Hypothesis>> {
+    if opts.num_beams <= 1 {
+        greedy(model, input_ids, attention_mask, opts)
+    } else {
+        beam(model, input_ids, attention_mask, opts)
+    }
+}
+
+fn greedy<M: Seq2Seq>(
+    model: &M,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    opts: &GenerationOptions,
+) -> Result<Vec<Hypothesis>> {
+    let processor = LogitsProcessor::new(opts);
+    let batch = input_ids.dim(0)?;
+    let mut state = model.start(input_ids, attention_mask)?;
+    let mut histories: Vec<Vec<u32>> = vec![vec![opts.decoder_start_token_id]; batch];
+    let mut margins = vec![f32::INFINITY; batch];
+    let mut active: Vec<usize> = (0..batch).collect();
+    let vocab = model.vocab_size();
+    let mut cur_len = 1;
+    while !active.is_empty() {
+        let last: Vec<u32> = active.iter().map(|&i| *histories[i].last().unwrap()).collect();
+        let mut logits = model.step(&mut state, &last)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut keep = Vec::with_capacity(active.len());
+        cur_len += 1;
+        for (row, &i) in active.iter().enumerate() {
+            let scores = &mut logits[row * vocab..(row + 1) * vocab];
+            processor.apply(&histories[i], scores);
+            let (token, margin) = argmax_with_margin(scores);
+            histories[i].push(token);
+            margins[i] = margins[i].min(margin);
+            let done = opts.eos_token_ids.contains(&token) || cur_len >= opts.max_length;
+            if !done {
+                keep.push(row as u32);
+            }
+        }
+        if keep.len() != active.len() {
+            active = keep.iter().map(|&r| active[r as usize]).collect();
+            if !active.is_empty() {
+                model.select_rows(&mut state, &keep)?;
+            }
+        }
+    }
+    Ok(histories
+        .into_iter()
+        .zip(margins)
+        .map(|(h, m)| Hypothesis {
+            tokens: h[1..].to_vec(),
+            score: None,
+            min_margin: m,
+        })
+        .collect())
+}
+
+/// Beam bookkeeping for one input.
+struct BeamItem {
+    /// Running hypotheses (history incl. start token, accumulated log-prob), best first.
+    running: Vec<(Vec<u32>, f32)>,
+    /// `num_beams` finished slots: (history, penalized score, is finished), best first.
+    finished: Vec<(Vec<u32>, f32, bool)>,
+    /// transformers' `is_early_stop_heuristic_unsatisfied`.
+    improvable: bool,
+    done: bool,
+    min_margin: f32,
+}
+
+/// The `k` best (score, index) pairs, best first; ties keep the lower index first.
+fn top_k(values: impl Iterator<Item = f32>, k: usize) -> Vec<(f32, usize)> {
+    let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+    for (i, v) in values.enumerate() {
+        if best.len() == k && !(v > best[k - 1].0) {
+            continue;
+        }
+        let pos = best.partition_point(|&(b, _)| b >= v);
+        best.insert(pos, (v, i));
+        best.truncate(k);
+    }
+    best
+}
+
+fn beam<M: Seq2Seq>(
+    model: &M,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    opts: &GenerationOptions,
+) -> Result<Vec<Hypothesis>> {
+    let processor = LogitsProcessor::new(opts);
+    let nb = opts.num_beams;
+    let n_eos = opts.eos_token_ids.len();
+    let n_cand = (2.max(1 + n_eos)) * nb;
+    let batch = input_ids.dim(0)?;
+    let vocab = model.vocab_size();
+    let lp = opts.length_penalty as f64;
+
+    let mut state = model.start(input_ids, attention_mask)?;
+    model.repeat_rows(&mut state, nb)?;
+    let start = vec![opts.decoder_start_token_id];
+    let mut items: Vec<BeamItem> = (0..batch)
+        .map(|_| BeamItem {
+            running: (0..nb).map(|j| (start.clone(), if j == 0 { 0.0 } else { NEG })).collect(),
+            finished: (0..nb).map(|_| (start.clone(), NEG, false)).collect(),
+            improvable: true,
+            done: false,
+            min_margin: f32::INFINITY,
+        })
+        .collect();
+    let mut active: Vec<usize> = (0..batch).collect();
+    let mut cur_len = 1usize;
+    let mut log_probs = vec![0f32; nb * vocab];
+
+    while !active.is_empty() {
+        let last: Vec<u32> = active
+            .iter()
+            .flat_map(|&i| items[i].running.iter().map(|(h, _)| *h.last().unwrap()))
+            .collect();
+        let logits = model.step(&mut state, &last)?.flatten_all()?.to_vec1::<f32>()?;
+        // Rows of the next state: (position in `active` of the item, source beam).
+        let mut next_rows: Vec<u32> = Vec::with_capacity(last.len());
+        let mut next_active = Vec::with_capacity(active.len());
+        let hits_len = cur_len + 1 >= opts.max_length;
+
+        for (pos, &i) in active.iter().enumerate() {
+            let item = &mut items[i];
+            for (j, (history, score)) in item.running.iter().enumerate() {
+                let row = (pos * nb + j) * vocab;
+                let dst = &mut log_probs[j * vocab..(j + 1) * vocab];
+                dst.copy_from_slice(&logits[row..row + vocab]);
+                log_softmax_in_place(dst);
+                processor.apply(history, dst);
+                for v in dst.iter_mut() {
+                    *v += *score;
+                }
+            }
+            let cands = top_k(log_probs.iter().copied(), n_cand + 1);
+            for w in cands.windows(2) {
+                if w[1].0 > NEG / 2.0 {
+                    item.min_margin = item.min_margin.min(w[0].0 - w[1].0);
+                }
+            }
+            let cands: Vec<(f32, usize, u32, bool)> = cands
+                .into_iter()
+                .take(n_cand)
+                .map(|(s, flat)| {
+                    let token = (flat % vocab) as u32;
+                    let hit = hits_len || opts.eos_token_ids.contains(&token);
+                    (s, flat / vocab, token, hit)
+                })
+                .collect();
+
+            // Next running beams: the best candidates that did not just finish.
+            let adjusted: Vec<f32> = cands.iter().map(|&(s, _, _, hit)| if hit { s + NEG } else { s }).collect();
+            let chosen = top_k(adjusted.iter().copied(), nb);
+            let new_running: Vec<(Vec<u32>, f32)> = chosen
+                .iter()
+                .map(|&(s, c)| {
+                    let (_, src, token, _) = cands[c];
+                    let mut h = item.running[src].0.clone();
+                    h.push(token);
+                    (h, s)
+                })
+                .collect();
+
+            // Finished slots: merge the old ones with the candidates that just finished.
+            let denom = ((cur_len + 1 - 1) as f64).powf(lp) as f32;
+            let all_finished = item.finished.iter().all(|f| f.2);
+            let mut merged: Vec<(Vec<u32>, f32, bool)> = item.finished.drain(..).collect();
+            for (c, &(s, src, token, hit)) in cands.iter().enumerate() {
+                let did_finish = hit && c < nb;
+                let mut score = s / denom;
+                if all_finished && opts.early_stopping == EarlyStopping::Always {
+                    score += NEG;
+                }
+                if !item.improvable {
+                    score += NEG;
+                }
+                if !did_finish {
+                    score += NEG;
+                }
+                let mut h = item.running[src].0.clone();
+                h.push(token);
+                merged.push((h, score, did_finish));
+            }
+            let keep = top_k(merged.iter().map(|m| m.1), nb);
+            let mut slots: Vec<Option<(Vec<u32>, f32, bool)>> = merged.into_iter().map(Some).collect();
+            item.finished = keep.iter().map(|&(_, k)| slots[k].take().unwrap()).collect();
+            item.running = new_running;
+
+            // transformers' _check_early_stop_heuristic, at the new length.
+            let new_len = cur_len + 1;
+            let best_len = if opts.early_stopping == EarlyStopping::Never && lp > 0.0 {
+                opts.max_length - 1
+            } else {
+                new_len - 1
+            };
+            let best_possible = item.running[0].1 / (best_len as f64).powf(lp) as f32;
+            let worst = item.finished.iter().map(|f| f.1).fold(f32::INFINITY, f32::min);
+            item.improvable &= item.finished.iter().any(|f| best_possible > if f.2 { worst } else { NEG });
+
+            let all_hit = cands.iter().all(|c| c.3);
+            let full = opts.early_stopping == EarlyStopping::Always && item.finished.iter().all(|f| f.2);
+            item.done = !item.improvable || full || all_hit || hits_len;
+            if !item.done {
+                next_active.push(i);
+                next_rows.extend(chosen.iter().map(|&(_, c)| (pos * nb + cands[c].1) as u32));
+            }
+        }
+        cur_len += 1;
+        active = next_active;
+        if !active.is_empty() {
+            model.select_rows(&mut state, &next_rows)?;
+        }
+    }
+
+    Ok(items
+        .into_iter()
+        .map(|item| {
+            let (h, score, _) = &item.finished[0];
+            Hypothesis {
+                tokens: h[1..].to_vec(),
+                score: Some(*score),
+                min_margin: item.min_margin,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,212 @@
+//! Model location: a local checkpoint directory, or a Hugging Face Hub id with an
+//! optional revision (`org/name[@rev]`) fetched with `hf-hub` into the cache
+//! directory (`models/` by default, in the hub's own `models--org--name` layout).
+//! In offline mode only the cache is read, and a missing file is an error naming
+//! the file and the command that fetches it.
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+use crate::error::{Error, Result};
+use crate::weights::WEIGHT_FILES;
+
+/// Files every Marian checkpoint needs.
+pub const REQUIRED_FILES: [&str; 4] = ["config.json", "source.spm", "target.spm", "vocab.json"];
+/// Files used when present.
+pub const OPTIONAL_FILES: [&str; 3] = ["generation_config.json", "tokenizer_config.json", "target_vocab.json"];
+
+/// What `--model` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSpec {
+    /// A directory holding the checkpoint files.
+    Local(PathBuf),
+    /// A hub repository and revision (branch, tag or commit; default `main`).
+    Hub { id: String, revision: String },
+}
+
+impl ModelSpec {
+    /// Parse `DIR` or `org/name[@revision]`; an existing directory wins.
+    pub fn parse(s: &str) -> Result<Self> {
+        let path = Path::new(s);
+        if path.is_dir() {
+            return Ok(ModelSpec::Local(path.to_path_buf()));
+        }
+        let (id, revision) = match s.split_once('@') {
+            Some((id, rev)) if !rev.is_empty() => (id, rev.to_string()),
+            Some(_) => {
+                return Err(Error::setting(
+                    format!("--model {s:?} has an empty revision after '@'"),
+                    "write org/name@revision, e.g. Helsinki-NLP/opus-mt-fr-en@main",
+                ))
+            }
+            None => (s, "main".to_string()),
+        };
+        let parts: Vec<&str> = id.split('/').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) || s.starts_with('.') || s.starts_with('/') {
+            return Err(Error::setting(
+                format!("--model {s:?} is neither an existing directory nor a hub id"),
+                "pass a checkpoint directory, or a hub id like Helsinki-NLP/opus-mt-fr-en[@revision]",
+            ));
+        }
+        Ok(ModelSpec::Hub {
+            id: id.to_string(),
+            revision,
+        })
+    }
+}
+
+/// A model's files on disk.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// Directory holding the files (a hub snapshot or the local directory).
+    pub dir: PathBuf,
+    /// The weight file chosen (safetensors preferred).
+    pub weights: PathBuf,
+    /// What `--model` said.
+    pub spec: ModelSpec,
+}
+
+/// Where and how to fetch models.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// Cache directory (`models/`).
+    pub cache_dir: PathBuf,
+    /// Never touch the network.
+    pub offline: bool,
+    /// Hub endpoint override (tests, mirrors); `HF_ENDPOINT` otherwise.
+    pub endpoint: Option<String>,
+}
+
+fn fetch_hint(id: &str, revision: &str) -> String {
+    format!("run `transum download {id}@{revision}` on a connected machine, or copy the model folder here and pass it to --model")
+}
+
+/// Resolve `spec` to files on disk, downloading what is missing unless offline.
+pub fn resolve(spec: &ModelSpec, opts: &HubOptions) -> Result<ModelFiles> {
+    match spec {
+        ModelSpec::Local(dir) => {
+            for f in REQUIRED_FILES {
+                if !dir.join(f).is_file() {
+                    return Err(Error::file(
+                        dir.join(f),
+                        "is missing from the model directory",
+                        "a Marian checkpoint needs config.json, source.spm, target.spm and vocab.json beside its weights",
+                        None,
+                    ));
+                }
+            }
+            Ok(ModelFiles {
+                weights: crate::weights::find_weight_file(dir)?,
+                dir: dir.clone(),
+                spec: spec.clone(),
+            })
+        }
+        ModelSpec::Hub { id, revision } => {
+            if opts.offline {
+                resolve_cached(id, revision, opts)
+            } else {
+                download(id, revision, opts)
+            }
+        }
+    }
+}
+
+fn repo(id: &str, revision: &str) -> Repo {
+    Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string())
+}
+
+fn resolve_cached(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFiles> {
+    let cache = Cache::new(opts.cache_dir.clone()).repo(repo(id, revision));
+    let mut dir = None;
+    for f in REQUIRED_FILES {
+        let p = cache.get(f).ok_or_else(|| Error::Hub {
+            what: format!(
+                "{}: {f} of {id}@{revision} is not in the model cache and --offline is set",
+                opts.cache_dir.display()
+            ),
+            hint: fetch_hint(id, revision),
+            source: None,
+        })?;
+        dir = p.parent().map(Path::to_path_buf);
+    }
+    let weights = WEIGHT_FILES.iter().find_map(|f| cache.get(f)).ok_or_else(|| Error::Hub {
+        what: format!(
+            "{}: no weight file (model.safetensors or pytorch_model.bin) of {id}@{revision} in the cache and --offline is set",
+            opts.cache_dir.display()
+        ),
+        hint: fetch_hint(id, revision),
+        source: None,
+    })?;
+    for f in OPTIONAL_FILES {
+        let _ = cache.get(f); // present or not; the loaders look in `dir`
+    }
+    Ok(ModelFiles {
+        dir: dir.expect("REQUIRED_FILES is not empty"),
+        weights,
+        spec: ModelSpec::Hub {
+            id: id.to_string(),
+            revision: revision.to_string(),
+        },
+    })
+}
+
+/// Fetch every file a run needs into the cache and return their location.
+pub fn download(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFiles> {
+    let mut builder = ApiBuilder::from_env()
+        .with_cache_dir(opts.cache_dir.clone())
+        .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if let Some(e) = &opts.endpoint {
+        builder = builder.with_endpoint(e.clone());
+    }
+    let api = builder.build().map_err(|e| Error::Hub {
+        what: "cannot set up the Hugging Face Hub client".into(),
+        hint: "check HF_ENDPOINT and HF_HOME, or use --offline with a filled models/ cache".into(),
+        source: Some(Box::new(e)),
+    })?;
+    let repo = api.repo(repo(id, revision));
+    let fetch = |f: &str| {
+        repo.get(f).map_err(|e| Error::Hub {
+            what: format!("cannot fetch {f} of {id}@{revision}"),
+            hint: format!(
+                "check the model id and revision and the network; offline machines need `transum download {id}@{revision}` run elsewhere and models/ copied over"
+            ),
+            source: Some(Box::new(e)),
+        })
+    };
+    let mut dir = PathBuf::new();
+    for f in REQUIRED_FILES {
+        dir = fetch(f)?.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    for f in OPTIONAL_FILES {
+        if let Err(e) = repo.get(f) {
+            tracing::debug!("optional file {f} of {id}@{revision} not fetched: {e}");
+        }
+    }
+    // Prefer safetensors; the real opus-mt checkpoints only have pytorch_model.bin on main.
+    let mut weights = None;
+    let mut last_err = None;
+    for f in WEIGHT_FILES {
+        match repo.get(f) {
+            Ok(p) => {
+                weights = Some(p);
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let weights = weights.ok_or_else(|| Error::Hub {
+        what: format!("{id}@{revision} has neither model.safetensors nor pytorch_model.bin"),
+        hint: "pick a revision that carries weights (e.g. refs/pr/N for converted safetensors)".into(),
+        source: last_err.map(|e| Box::new(e) as _),
+    })?;
+    Ok(ModelFiles {
+        dir,
+        weights,
+        spec: ModelSpec::Hub {
+            id: id.to_string(),
+            revision: revision.to_string(),
+        },
+    })
+}

@@ -1,0 +1,25 @@
+//! transum: translate news articles into English with open seq2seq models run
+//! through candle.
+//!
+//! The library does the work; the `transum` binary only parses arguments and
+//! prints. Data flows forward through the modules below (see DESIGN.md §1):
+//! text -> tokenizer -> batch -> models (encoder, then decoder with a KV cache)
+//! -> generation (greedy or beam search) -> tokenizer (decode) -> text.
+
+pub mod batch;
+pub mod bench;
+pub mod device;
+pub mod error;
+pub mod generation;
+pub mod hub;
+pub mod models;
+pub mod text;
+pub mod tokenizer;
+pub mod translate;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use translate::{Translation, Translator};
+
+/// The default translation model, pinned for reproducible nightly runs.
+pub const DEFAULT_MODEL: &str = "Helsinki-NLP/opus-mt-fr-en";

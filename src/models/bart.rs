@@ -1,0 +1,414 @@
+//! The BART family of encoder-decoders, one file for all of it: Marian/OPUS-MT
+//! now; BART (learned positions with offset 2, `layernorm_embedding`) and
+//! Pegasus (pre-norm with final layer norms) are meant to become switches of
+//! [`Arch`], not new files.
+//!
+//! Follows transformers' `modeling_marian.py` (Junczys-Dowmunt et al. 2018,
+//! "Marian: Fast Neural Machine Translation in C++"): static sinusoidal
+//! positions, embeddings scaled by sqrt(d_model), post-norm layers, shared
+//! embeddings tied to the lm_head, plus `final_logits_bias`.
+//!
+//! Batching: padding is masked in encoder self-attention and cross-attention;
+//! the encoder runs once per batch; cross-attention K/V are computed once per
+//! batch and held once per input (beams share them); the decoder keeps a KV cache.
+
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use super::layers::{
+    causal_mask, last_position, padding_mask, sinusoidal_table, to_f32, Activation, Attention, KeyValue, LayerNorm,
+    Linear,
+};
+use super::Seq2Seq;
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+fn default_true() -> bool {
+    true
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+
+/// `config.json` of a BART-family checkpoint, with Hugging Face field names.
+/// Fields absent from the file take transformers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BartConfig {
+    #[serde(default)]
+    pub model_type: String,
+    pub vocab_size: usize,
+    #[serde(default)]
+    pub decoder_vocab_size: Option<usize>,
+    pub d_model: usize,
+    pub encoder_layers: usize,
+    pub decoder_layers: usize,
+    pub encoder_attention_heads: usize,
+    pub decoder_attention_heads: usize,
+    pub encoder_ffn_dim: usize,
+    pub decoder_ffn_dim: usize,
+    #[serde(default = "default_act")]
+    pub activation_function: String,
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub scale_embedding: bool,
+    pub pad_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub bos_token_id: Option<u32>,
+    pub decoder_start_token_id: Option<u32>,
+    pub forced_eos_token_id: Option<u32>,
+    #[serde(default = "default_true")]
+    pub share_encoder_decoder_embeddings: bool,
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    /// Legacy generation fields some checkpoints still carry in config.json.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl BartConfig {
+    /// Parse and check a config.json text.
+    pub fn from_json(text: &str) -> std::result::Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Vocabulary of the decoder side (the logits' width).
+    pub fn target_vocab_size(&self) -> usize {
+        self.decoder_vocab_size.unwrap_or(self.vocab_size)
+    }
+}
+
+/// How one member of the family differs from the others.
+#[derive(Debug, Clone, Copy)]
+pub struct Arch {
+    /// Static sinusoidal positions (Marian, Pegasus) rather than learned ones.
+    pub sinusoidal_positions: bool,
+}
+
+impl Arch {
+    /// The architecture for `model_type`, or an error listing the supported ones.
+    pub fn for_model_type(model_type: &str) -> Result<Self> {
+        match model_type {
+            "marian" => Ok(Arch {
+                sinusoidal_positions: true,
+            }),
+            other => Err(Error::setting(
+                format!("config.json: model_type {other:?} is not supported yet"),
+                "supported model types: marian (Helsinki-NLP/opus-mt-*)",
+            )),
+        }
+    }
+}
+
+struct EncoderLayer {
+    self_attn: Attention,
+    self_attn_layer_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    final_layer_norm: LayerNorm,
+}
+
+struct DecoderLayer {
+    self_attn: Attention,
+    self_attn_layer_norm: LayerNorm,
+    encoder_attn: Attention,
+    encoder_attn_layer_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    final_layer_norm: LayerNorm,
+}
+
+/// A BART-family encoder-decoder with its LM head.
+pub struct BartModel {
+    config: BartConfig,
+    encoder_embed: Tensor,
+    decoder_embed: Tensor,
+    encoder_positions: Tensor,
+    decoder_positions: Tensor,
+    embed_scale: f64,
+    encoder_layers: Vec<EncoderLayer>,
+    decoder_layers: Vec<DecoderLayer>,
+    lm_head: Linear,
+    activation: Activation,
+    dtype: DType,
+    device: Device,
+}
+
+/// Decoding state of one batch: see [`Seq2Seq`].
+pub struct BartState {
+    /// Encoder K/V per decoder layer, one entry per input item.
+    cross: Vec<KeyValue>,
+    /// Additive padding mask per item, [items, 1, 1, src_len].
+    mask: Tensor,
+    /// Self-attention cache per decoder layer, one entry per row.
+    cache: Vec<Option<KeyValue>>,
+    /// Rows per item (beams); rows of one item are consecutive.
+    group: usize,
+    rows: usize,
+    /// Decoder tokens fed so far (the next position).
+    past: usize,
+}
+
+fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let flat = ids.flatten_all()?;
+    Ok(table.index_select(&flat, 0)?.reshape((b, t, table.dim(1)?))?)
+}
+
+impl BartModel {
+    /// Build the model from `config` and weights named as in the Hugging Face checkpoint.
+    pub fn load(config: BartConfig, w: &Weights) -> Result<Self> {
+        let arch = Arch::for_model_type(&config.model_type)?;
+        let d = config.d_model;
+        let m = w.pp("model");
+        let src_vocab = config.vocab_size;
+        let tgt_vocab = config.target_vocab_size();
+
+        // Tied embeddings: transformers 5 writes only `model.shared.weight`; older
+        // pytorch_model.bin files carry the tied copies too. Take what exists.
+        let first = |names: &[String], vocab: usize| -> Result<Tensor> {
+            for n in names {
+                if w.contains(n) {
+                    return w.get(n, &[vocab, d]);
+                }
+            }
+            w.get(&names[0], &[vocab, d])
+        };
+        let shared = ["model.shared.weight".to_string()];
+        let encoder_embed = if config.share_encoder_decoder_embeddings {
+            first(&[shared[0].clone(), "model.encoder.embed_tokens.weight".into()], src_vocab)?
+        } else {
+            first(&["model.encoder.embed_tokens.weight".into(), shared[0].clone()], src_vocab)?
+        };
+        let decoder_embed = if config.share_encoder_decoder_embeddings {
+            encoder_embed.clone()
+        } else {
+            first(&["model.decoder.embed_tokens.weight".into()], tgt_vocab)?
+        };
+        let lm_weight = if w.contains("lm_head.weight") && !config.tie_word_embeddings {
+            w.get("lm_head.weight", &[tgt_vocab, d])?
+        } else {
+            decoder_embed.clone()
+        };
+        let final_logits_bias = if w.contains("final_logits_bias") {
+            w.get("final_logits_bias", &[1, tgt_vocab])?.reshape(tgt_vocab)?
+        } else {
+            tracing::warn!(
+                "{}: no final_logits_bias; using zeros as transformers does",
+                w.path().display()
+            );
+            Tensor::zeros(tgt_vocab, w.dtype(), w.device())?
+        };
+        let lm_head = Linear::from_parts(
+            candle_core::quantized::QMatMul::Tensor(lm_weight),
+            Some(final_logits_bias),
+        );
+
+        if !arch.sinusoidal_positions {
+            return Err(Error::setting(
+                "learned position embeddings (BART) are not built yet",
+                "supported model types: marian",
+            ));
+        }
+        // transformers 5 does not save the static table and recomputes it; files that
+        // carry one (pytorch_model.bin from torch.save) are loaded as transformers
+        // loads them, so the file's values win.
+        let table = Tensor::from_vec(
+            sinusoidal_table(config.max_position_embeddings, d),
+            (config.max_position_embeddings, d),
+            w.device(),
+        )?
+        .to_dtype(w.dtype())?;
+        let n_pos = config.max_position_embeddings;
+        let positions = |side: &str| -> Result<Tensor> {
+            let name = format!("model.{side}.embed_positions.weight");
+            if w.contains(&name) {
+                w.get(&name, &[n_pos, d])
+            } else {
+                Ok(table.clone())
+            }
+        };
+        let encoder_positions = positions("encoder")?;
+        let decoder_positions = positions("decoder")?;
+
+        let mut encoder_layers = Vec::with_capacity(config.encoder_layers);
+        for i in 0..config.encoder_layers {
+            let l = m.pp(format!("encoder.layers.{i}"));
+            encoder_layers.push(EncoderLayer {
+                self_attn: Attention::load(&l.pp("self_attn"), d, config.encoder_attention_heads)?,
+                self_attn_layer_norm: LayerNorm::load(&l.pp("self_attn_layer_norm"), d)?,
+                fc1: Linear::load(&l.pp("fc1"), d, config.encoder_ffn_dim, true)?,
+                fc2: Linear::load(&l.pp("fc2"), config.encoder_ffn_dim, d, true)?,
+                final_layer_norm: LayerNorm::load(&l.pp("final_layer_norm"), d)?,
+            });
+        }
+        let mut decoder_layers = Vec::with_capacity(config.decoder_layers);
+        for i in 0..config.decoder_layers {
+            let l = m.pp(format!("decoder.layers.{i}"));
+            decoder_layers.push(DecoderLayer {
+                self_attn: Attention::load(&l.pp("self_attn"), d, config.decoder_attention_heads)?,
+                self_attn_layer_norm: LayerNorm::load(&l.pp("self_attn_layer_norm"), d)?,
+                encoder_attn: Attention::load(&l.pp("encoder_attn"), d, config.decoder_attention_heads)?,
+                encoder_attn_layer_norm: LayerNorm::load(&l.pp("encoder_attn_layer_norm"), d)?,
+                fc1: Linear::load(&l.pp("fc1"), d, config.decoder_ffn_dim, true)?,
+                fc2: Linear::load(&l.pp("fc2"), config.decoder_ffn_dim, d, true)?,
+                final_layer_norm: LayerNorm::load(&l.pp("final_layer_norm"), d)?,
+            });
+        }
+        Ok(BartModel {
+            embed_scale: if config.scale_embedding { (d as f64).sqrt() } else { 1.0 },
+            activation: Activation::from_name(&config.activation_function)?,
+            dtype: w.dtype(),
+            device: w.device().clone(),
+            config,
+            encoder_embed,
+            decoder_embed,
+            encoder_positions,
+            decoder_positions,
+            encoder_layers,
+            decoder_layers,
+            lm_head,
+        })
+    }
+
+    /// The parsed config.json.
+    pub fn config(&self) -> &BartConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn embed(&self, table: &Tensor, positions: &Tensor, ids: &Tensor, past: usize) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        if past + t > self.config.max_position_embeddings {
+            return Err(Error::input(
+                format!(
+                    "sequence of {} tokens exceeds the model's {} positions",
+                    past + t,
+                    self.config.max_position_embeddings
+                ),
+                "split the input into shorter segments (e.g. --segment sentences)",
+            ));
+        }
+        let x = (embedding(table, ids)? * self.embed_scale)?;
+        let pos = positions.narrow(0, past, t)?;
+        Ok(x.broadcast_add(&pos)?)
+    }
+
+    /// Encoder hidden states [b, s, d] for a padded batch.
+    pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mask = padding_mask(attention_mask, self.dtype)?;
+        let mut h = self.embed(&self.encoder_embed, &self.encoder_positions, input_ids, 0)?;
+        for l in &self.encoder_layers {
+            let a = l.self_attn.self_attention(&h, Some(&mask), None)?;
+            h = l.self_attn_layer_norm.forward(&(h + a)?)?;
+            let f = l.fc2.forward(&self.activation.forward(&l.fc1.forward(&h)?)?)?;
+            h = l.final_layer_norm.forward(&(h + f)?)?;
+        }
+        Ok((h, mask))
+    }
+
+    /// Decoder over `tokens` [rows, t] after `state.past` cached positions;
+    /// returns the final hidden states [rows, t, d].
+    fn decode(&self, state: &mut BartState, tokens: &Tensor) -> Result<Tensor> {
+        let (_, t) = tokens.dims2()?;
+        let mut h = self.embed(&self.decoder_embed, &self.decoder_positions, tokens, state.past)?;
+        let causal = if t > 1 { Some(causal_mask(t, state.past, self.dtype, &self.device)?) } else { None };
+        for (i, l) in self.decoder_layers.iter().enumerate() {
+            let a = l.self_attn.self_attention(&h, causal.as_ref(), Some(&mut state.cache[i]))?;
+            h = l.self_attn_layer_norm.forward(&(h + a)?)?;
+            let c = l.encoder_attn.cross_attention(&h, &state.cross[i], &state.mask, state.group)?;
+            h = l.encoder_attn_layer_norm.forward(&(h + c)?)?;
+            let f = l.fc2.forward(&self.activation.forward(&l.fc1.forward(&h)?)?)?;
+            h = l.final_layer_norm.forward(&(h + f)?)?;
+        }
+        state.past += t;
+        Ok(h)
+    }
+
+    /// Logits [rows, t, vocab] (f32) for a whole decoder prefix: teacher forcing,
+    /// used by tests and accuracy checks. The state's cache advances by t.
+    pub fn forward_prefix(&self, state: &mut BartState, tokens: &Tensor) -> Result<Tensor> {
+        let h = self.decode(state, tokens)?;
+        to_f32(&self.lm_head.forward(&h)?)
+    }
+}
+
+impl Seq2Seq for BartModel {
+    type State = BartState;
+
+    fn start(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<BartState> {
+        let (h, mask) = self.encode(input_ids, attention_mask)?;
+        let cross = self
+            .decoder_layers
+            .iter()
+            .map(|l| l.encoder_attn.key_value(&h))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = input_ids.dim(0)?;
+        Ok(BartState {
+            cross,
+            mask,
+            cache: vec![None; self.decoder_layers.len()],
+            group: 1,
+            rows,
+            past: 0,
+        })
+    }
+
+    fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::from_slice(tokens, (tokens.len(), 1), &self.device)?;
+        let h = self.decode(state, &ids)?;
+        let logits = self.lm_head.forward(&last_position(&h)?)?;
+        to_f32(&logits)
+    }
+
+    fn select_rows(&self, state: &mut BartState, rows: &[u32]) -> Result<()> {
+        let g = state.group;
+        if rows.len() % g != 0 {
+            return Err(Error::setting(
+                format!("select_rows: {} rows is not a multiple of the group size {g}", rows.len()),
+                "this is a bug in the search code",
+            ));
+        }
+        let idx = Tensor::from_slice(rows, rows.len(), &self.device)?;
+        for slot in state.cache.iter_mut() {
+            if let Some(kv) = slot.as_ref() {
+                *slot = Some(kv.select(&idx)?);
+            }
+        }
+        // Items kept, in order: the item of each group's first row.
+        let items: Vec<u32> = rows.chunks(g).map(|c| c[0] / g as u32).collect();
+        let unchanged = items.len() * g == state.rows && items.iter().enumerate().all(|(i, &it)| it == i as u32);
+        if !unchanged {
+            let item_idx = Tensor::from_slice(&items, items.len(), &self.device)?;
+            state.cross = state.cross.iter().map(|kv| kv.select(&item_idx)).collect::<Result<_>>()?;
+            state.mask = state.mask.index_select(&item_idx, 0)?;
+        }
+        state.rows = rows.len();
+        Ok(())
+    }
+
+    fn repeat_rows(&self, state: &mut BartState, n: usize) -> Result<()> {
+        // Beams share their item's encoder K/V: only the per-row cache is repeated.
+        let rows: Vec<u32> = (0..state.rows as u32).flat_map(|r| std::iter::repeat_n(r, n)).collect();
+        let idx = Tensor::from_slice(&rows, rows.len(), &self.device)?;
+        for slot in state.cache.iter_mut() {
+            if let Some(kv) = slot.as_ref() {
+                *slot = Some(kv.select(&idx)?);
+            }
+        }
+        state.group *= n;
+        state.rows = rows.len();
+        Ok(())
+    }
+
+    fn rows(&self, state: &BartState) -> usize {
+        state.rows
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.target_vocab_size()
+    }
+}

@@ -1,0 +1,279 @@
+//! Building blocks shared by the encoder-decoder models: a linear layer over
+//! candle's `QMatMul` (plain or quantized weights behind one type), layer norm,
+//! activations, sinusoidal positions, and multi-head attention with a padding
+//! mask, a self-attention KV cache and cross-attention K/V computed once.
+//!
+//! Attention follows transformers' `BartAttention`/`MarianAttention` (Vaswani et
+//! al. 2017): q scaled by head_dim^-0.5, additive mask, softmax, out projection.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Module, Tensor};
+
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+/// `y = x W^T + b`, with W held by `QMatMul` so that f32/f16 and quantized
+/// weights share every model file.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Load `{prefix}.weight` [out, in] and `{prefix}.bias` [out].
+    pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = w.matmul_weight("weight", out_dim, in_dim)?;
+        let bias = if bias { Some(w.get("bias", &[out_dim])?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    /// From an already loaded weight (e.g. the tied lm_head).
+    pub fn from_parts(weight: QMatMul, bias: Option<Tensor>) -> Self {
+        Linear { weight, bias }
+    }
+
+    /// Apply to `[.., in]`; leading dimensions are flattened so that one GEMM runs.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("linear input has a last dimension");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = self.weight.forward(&x.reshape((rows, in_dim))?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = y.dim(1)?;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// Layer norm with transformers' default eps (1e-5).
+#[derive(Debug, Clone)]
+pub struct LayerNorm(candle_nn::LayerNorm);
+
+impl LayerNorm {
+    /// Load `{prefix}.weight` and `{prefix}.bias`, both [dim].
+    pub fn load(w: &Weights, dim: usize) -> Result<Self> {
+        Ok(LayerNorm(candle_nn::LayerNorm::new(
+            w.get("weight", &[dim])?,
+            w.get("bias", &[dim])?,
+            1e-5,
+        )))
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.0.forward(x)?)
+    }
+}
+
+/// Activation functions named by `activation_function` in config.json.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// `swish` / `silu`.
+    Silu,
+    /// `gelu`: the exact erf form (torch's default).
+    Gelu,
+    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    /// Parse transformers' ACT2FN names.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "swish" | "silu" => Activation::Silu,
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => {
+                return Err(Error::setting(
+                    format!("config.json: activation_function {other:?} is not supported"),
+                    "supported: swish, silu, gelu, gelu_new, gelu_pytorch_tanh, relu",
+                ))
+            }
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Silu => x.silu()?,
+            Activation::Gelu => x.gelu_erf()?,
+            Activation::GeluTanh => x.gelu()?,
+            Activation::Relu => x.relu()?,
+        })
+    }
+}
+
+/// transformers' static sinusoidal table (Marian, Pegasus): sin in the first
+/// half of the columns, cos in the second, computed in f64 like numpy does.
+pub fn sinusoidal_table(n_pos: usize, dim: usize) -> Vec<f32> {
+    let half = dim.div_ceil(2);
+    let mut out = vec![0f32; n_pos * dim];
+    for pos in 0..n_pos {
+        for j in 0..dim {
+            // Column j of numpy's position_enc uses exponent 2*(j//2)/dim.
+            let angle = |j: usize| pos as f64 / 10000f64.powf(2.0 * (j / 2) as f64 / dim as f64);
+            let v = if j < half { angle(2 * j).sin() } else { angle(2 * (j - half) + 1).cos() };
+            out[pos * dim + j] = v as f32;
+        }
+    }
+    out
+}
+
+/// Multi-head attention projections for one layer.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    head_dim: usize,
+    scaling: f64,
+}
+
+/// Cached keys and values, [rows, heads, len, head_dim].
+#[derive(Debug, Clone)]
+pub struct KeyValue {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+impl KeyValue {
+    /// Keep the given rows (dim 0) in order.
+    pub fn select(&self, idx: &Tensor) -> Result<Self> {
+        Ok(KeyValue {
+            k: self.k.index_select(idx, 0)?,
+            v: self.v.index_select(idx, 0)?,
+        })
+    }
+}
+
+impl Attention {
+    /// Load `{prefix}.{q,k,v,out}_proj`.
+    pub fn load(w: &Weights, dim: usize, heads: usize) -> Result<Self> {
+        if heads == 0 || dim % heads != 0 {
+            return Err(Error::setting(
+                format!("config.json: d_model {dim} is not divisible by {heads} attention heads"),
+                "the config does not match any valid checkpoint; fetch it again",
+            ));
+        }
+        let head_dim = dim / heads;
+        Ok(Attention {
+            q: Linear::load(&w.pp("q_proj"), dim, dim, true)?,
+            k: Linear::load(&w.pp("k_proj"), dim, dim, true)?,
+            v: Linear::load(&w.pp("v_proj"), dim, dim, true)?,
+            o: Linear::load(&w.pp("out_proj"), dim, dim, true)?,
+            heads,
+            head_dim,
+            scaling: (head_dim as f64).powf(-0.5),
+        })
+    }
+
+    /// [b, t, d] -> [b, heads, t, head_dim]
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        Ok(x.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// Keys and values of `x` ([b, s, d]), for cross-attention or a cache.
+    pub fn key_value(&self, x: &Tensor) -> Result<KeyValue> {
+        Ok(KeyValue {
+            k: self.split_heads(&self.k.forward(x)?)?,
+            v: self.split_heads(&self.v.forward(x)?)?,
+        })
+    }
+
+    /// softmax(q k^T * scale + mask) v, then the out projection.
+    /// q: [b, heads, t, hd]; kv: [b, heads, s, hd]; mask broadcastable to [b, heads, t, s].
+    fn attend(&self, q: &Tensor, kv: &KeyValue, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, _, t, _) = q.dims4()?;
+        let scores = (q.matmul(&kv.k.t()?)? * self.scaling)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&kv.v)?; // [b, heads, t, hd]
+        let ctx = ctx.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        self.o.forward(&ctx)
+    }
+
+    /// Self-attention over `x` ([b, t, d]); with `cache`, new K/V are appended to it
+    /// and the queries attend to everything cached.
+    pub fn self_attention(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<KeyValue>>,
+    ) -> Result<Tensor> {
+        let q = self.split_heads(&self.q.forward(x)?)?;
+        let new = self.key_value(x)?;
+        let kv = match cache {
+            Some(slot) => {
+                let kv = match slot.take() {
+                    Some(old) => KeyValue {
+                        k: Tensor::cat(&[&old.k, &new.k], 2)?,
+                        v: Tensor::cat(&[&old.v, &new.v], 2)?,
+                    },
+                    None => new,
+                };
+                *slot = Some(kv.clone());
+                kv
+            }
+            None => new,
+        };
+        self.attend(&q, &kv, mask)
+    }
+
+    /// Cross-attention of `x` ([rows, t, d]) over encoder K/V held once per item
+    /// ([items, heads, s, hd]), where rows = items * group. The `group` rows of an
+    /// item (its beams) are folded into the query length, so beams share one copy
+    /// of the encoder K/V instead of each carrying its own.
+    pub fn cross_attention(&self, x: &Tensor, kv: &KeyValue, mask: &Tensor, group: usize) -> Result<Tensor> {
+        let (rows, t, d) = x.dims3()?;
+        let items = rows / group;
+        let q = self.q.forward(x)?.reshape((items, group * t, d))?;
+        let q = self.split_heads(&q)?;
+        let out = self.attend(&q, kv, Some(mask))?;
+        Ok(out.reshape((rows, t, d))?)
+    }
+}
+
+/// The additive padding mask [b, 1, 1, s]: 0 for tokens, dtype-min for padding
+/// (as transformers does, so a fully padded row never yields NaN).
+pub fn padding_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, s) = attention_mask.dims2()?;
+    let keep = attention_mask.to_dtype(DType::F32)?;
+    let min = match dtype {
+        DType::F16 => f32::from(half::f16::MIN),
+        DType::BF16 => f32::from(half::bf16::MIN),
+        _ => f32::MIN,
+    };
+    // (1 - keep) * min, written without multiplying min by 1 (which is exact anyway).
+    let mask = ((keep.ones_like()? - keep)? * min as f64)?;
+    Ok(mask.to_dtype(dtype)?.reshape((b, 1, 1, s))?)
+}
+
+/// Causal mask [t, past + t] for a decoder fed `t` tokens after `past` cached ones.
+pub fn causal_mask(t: usize, past: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+    let total = past + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::MIN } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(data, (t, total), device)?.to_dtype(dtype)?)
+}
+
+/// Logits leave the model as f32 whatever the weights' dtype, as transformers does.
+pub fn to_f32(x: &Tensor) -> Result<Tensor> {
+    Ok(if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? })
+}
+
+/// Last position of [b, t, d] as [b, d].
+pub fn last_position(x: &Tensor) -> Result<Tensor> {
+    let t = x.dim(1)?;
+    Ok(x.narrow(1, t - 1, 1)?.squeeze(1)?)
+}

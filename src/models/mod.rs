@@ -1,0 +1,49 @@
+//! Model maths: the encoder-decoder architectures transum runs, and the small
+//! [`Seq2Seq`] trait that generation is written against.
+//!
+//! Nothing here reads files, tokenizes or knows about the CLI: weights arrive
+//! through a candle `VarBuilder` built by `weights.rs`, which also carries the
+//! device and dtype. `config.json` is deserialized into [`bart::BartConfig`].
+
+pub mod bart;
+pub mod layers;
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+
+/// What generation needs from a sequence-to-sequence model.
+///
+/// The decoder state (encoder output, cross-attention K/V, self-attention KV
+/// cache, padding mask) lives in `State`, so the model itself stays immutable and
+/// one loaded model can serve many batches. Rows of the state are the hypotheses
+/// being decoded (batch x beams); `select_rows` reorders or drops them, which is
+/// how beam search reorders its cache and how finished rows stop costing work.
+pub trait Seq2Seq {
+    /// Per-batch decoding state.
+    type State;
+
+    /// Run the encoder once for a padded batch (`input_ids`, `attention_mask`: [batch, src_len],
+    /// mask 1 for tokens and 0 for padding) and prepare decoding.
+    fn start(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Self::State>;
+
+    /// Feed one new decoder token per row and return the next-token logits
+    /// as f32, shape [rows, vocab].
+    fn step(&self, state: &mut Self::State, tokens: &[u32]) -> Result<Tensor>;
+
+    /// Keep only the given rows of the state, in the given order (rows may repeat).
+    fn select_rows(&self, state: &mut Self::State, rows: &[u32]) -> Result<()>;
+
+    /// Expand each row `n` times, consecutively (row r becomes rows r*n .. r*n+n).
+    fn repeat_rows(&self, state: &mut Self::State, n: usize) -> Result<()> {
+        let rows = self.rows(state);
+        let idx: Vec<u32> = (0..rows as u32).flat_map(|r| std::iter::repeat_n(r, n)).collect();
+        self.select_rows(state, &idx)
+    }
+
+    /// Number of rows currently in the state.
+    fn rows(&self, state: &Self::State) -> usize;
+
+    /// Size of the output vocabulary (the logits' last dimension).
+    fn vocab_size(&self) -> usize;
+}

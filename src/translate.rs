@@ -1,0 +1,166 @@
+//! `Translator` = Marian tokenizer + BART-family model + generation settings.
+//!
+//! Takes source texts, tokenizes them, batches them by a token budget (longest
+//! first), runs greedy or beam search per batch and returns detokenized English
+//! in input order. Empty inputs translate to empty outputs without touching the
+//! model.
+
+use std::path::Path;
+
+use candle_core::Tensor;
+use serde_json::Value;
+
+use crate::device::Placement;
+use crate::error::{Error, Result};
+use crate::generation::{generate, GenerationOptions, GenerationOverrides, Hypothesis};
+use crate::hub::ModelFiles;
+use crate::models::bart::{BartConfig, BartModel};
+use crate::tokenizer::MarianTokenizer;
+use crate::weights::Weights;
+
+/// One translated unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translation {
+    /// Detokenized English text.
+    pub text: String,
+    /// Source ids fed to the encoder (with `</s>`).
+    pub source_ids: Vec<u32>,
+    /// The search result (generated ids, score, margin).
+    pub hypothesis: Hypothesis,
+}
+
+/// A loaded translation model, ready for batches.
+pub struct Translator {
+    pub tokenizer: MarianTokenizer,
+    pub model: BartModel,
+    pub options: GenerationOptions,
+    /// Budget of padded source tokens per batch.
+    pub batch_tokens: usize,
+    /// Upper bound on sentences per batch.
+    pub max_batch: usize,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::file(path, "cannot read", "check the model directory", Some(Box::new(e))))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::file(path, "is not valid JSON", "fetch the file again", Some(Box::new(e))))
+}
+
+impl Translator {
+    /// Load tokenizer, config, generation settings and weights from `files`.
+    pub fn load(files: &ModelFiles, placement: &Placement, overrides: &GenerationOverrides) -> Result<Self> {
+        let config_path = files.dir.join("config.json");
+        let config_json = read_json(&config_path)?;
+        let config: BartConfig = serde_json::from_value(config_json.clone()).map_err(|e| {
+            Error::file(
+                &config_path,
+                "is not a usable BART-family config",
+                "point --model at a Marian (opus-mt) checkpoint",
+                Some(Box::new(e)),
+            )
+        })?;
+        let gen_path = files.dir.join("generation_config.json");
+        let gen_json = if gen_path.is_file() { Some(read_json(&gen_path)?) } else { None };
+        let options = GenerationOptions::resolve(gen_json.as_ref(), &config_json, overrides)?;
+        let tokenizer = MarianTokenizer::from_dir(&files.dir)?;
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(Error::file(
+                files.dir.join("vocab.json"),
+                format!(
+                    "has {} entries but config.json says vocab_size {}",
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                ),
+                "the tokenizer files and the model come from different checkpoints",
+                None,
+            ));
+        }
+        let start = std::time::Instant::now();
+        let weights = Weights::load(&files.weights, &placement.device, placement.dtype)?;
+        let model = BartModel::load(config, &weights)?;
+        tracing::info!(
+            "loaded {} on {} in {:.2}s",
+            files.weights.display(),
+            placement.describe(),
+            start.elapsed().as_secs_f64()
+        );
+        Ok(Translator {
+            tokenizer,
+            model,
+            options,
+            batch_tokens: 2048,
+            max_batch: 64,
+        })
+    }
+
+    /// Generate for one padded batch of source id sequences.
+    pub fn generate_ids(&self, batch: &[Vec<u32>]) -> Result<Vec<Hypothesis>> {
+        let longest = batch.iter().map(Vec::len).max().unwrap_or(0);
+        let pad = self.tokenizer.pad_id();
+        let mut ids = Vec::with_capacity(batch.len() * longest);
+        let mut mask = Vec::with_capacity(batch.len() * longest);
+        for seq in batch {
+            // Right padding, as MarianTokenizer does: positions of real tokens are unchanged.
+            ids.extend(seq.iter().copied().chain(std::iter::repeat_n(pad, longest - seq.len())));
+            mask.extend(std::iter::repeat_n(1u32, seq.len()).chain(std::iter::repeat_n(0, longest - seq.len())));
+        }
+        let device = self.model.device();
+        let ids = Tensor::from_vec(ids, (batch.len(), longest), device)?;
+        let mask = Tensor::from_vec(mask, (batch.len(), longest), device)?;
+        generate(&self.model, &ids, &mask, &self.options)
+    }
+
+    /// Translate `texts`; result i is the translation of text i.
+    pub fn translate(&self, texts: &[&str]) -> Result<Vec<Translation>> {
+        self.translate_with_progress(texts, |_| {})
+    }
+
+    /// As [`Translator::translate`], calling `progress(n)` after each batch of n units.
+    pub fn translate_with_progress(&self, texts: &[&str], mut progress: impl FnMut(usize)) -> Result<Vec<Translation>> {
+        let mut encoded = Vec::with_capacity(texts.len());
+        for t in texts {
+            encoded.push(if t.trim().is_empty() { Vec::new() } else { self.tokenizer.encode(t)? });
+        }
+        let max_pos = self.model.config().max_position_embeddings;
+        if let Some((i, ids)) = encoded.iter().enumerate().find(|(_, ids)| ids.len() > max_pos) {
+            return Err(Error::input(
+                format!(
+                    "segment {} has {} tokens, more than the model's {} positions",
+                    i + 1,
+                    ids.len(),
+                    max_pos
+                ),
+                "split long lines into sentences (--segment sentences) or shorter lines",
+            ));
+        }
+        let work: Vec<usize> = (0..texts.len()).filter(|&i| !encoded[i].is_empty()).collect();
+        let lengths: Vec<usize> = work.iter().map(|&i| encoded[i].len()).collect();
+        let plan = crate::batch::plan(&lengths, self.batch_tokens, self.max_batch);
+        let mut results = Vec::with_capacity(plan.len());
+        for batch in &plan {
+            let ids: Vec<Vec<u32>> = batch.iter().map(|&k| encoded[work[k]].clone()).collect();
+            let hyps = self.generate_ids(&ids)?;
+            progress(batch.len());
+            results.push(hyps);
+        }
+        let hyps = crate::batch::restore(work.len(), &plan, results);
+        let mut out: Vec<Translation> = encoded
+            .iter()
+            .map(|ids| Translation {
+                text: String::new(),
+                source_ids: ids.clone(),
+                hypothesis: Hypothesis {
+                    tokens: Vec::new(),
+                    score: None,
+                    min_margin: f32::INFINITY,
+                },
+            })
+            .collect();
+        for (&i, h) in work.iter().zip(hyps) {
+            out[i].text = self.tokenizer.decode(&h.tokens);
+            out[i].hypothesis = h;
+        }
+        Ok(out)
+    }
+}

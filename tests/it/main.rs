@@ -1,0 +1,9 @@
+//! The one integration-test binary. Modules share the small harness in
+//! `harness.rs`: fixture paths, golden files, temp dirs and running the built
+//! `transum` binary with side-by-side output on failure.
+
+mod harness;
+
+mod cli;
+mod parity;
+mod units;

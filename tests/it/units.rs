@@ -1,0 +1,39 @@
+//! Unit-level checks of the pure helpers: batching plans and sentence splitting.
+
+use transum::batch;
+use transum::text::split_sentences;
+
+#[test]
+fn batches_respect_budget_and_restore_order() {
+    let lengths = [5, 40, 3, 40, 12, 7, 100, 1];
+    let plan = batch::plan(&lengths, 80, 4);
+    let mut seen: Vec<usize> = plan.iter().flatten().copied().collect();
+    seen.sort();
+    assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>(), "every item exactly once");
+    for b in &plan {
+        let longest = b.iter().map(|&i| lengths[i]).max().unwrap();
+        assert!(b.len() == 1 || b.len() * longest <= 80, "batch {b:?} over budget");
+        assert!(b.len() <= 4);
+    }
+    assert_eq!(plan[0], vec![6], "the over-long item runs alone, first");
+    let results: Vec<Vec<usize>> = plan.iter().map(|b| b.iter().map(|&i| lengths[i] * 10).collect()).collect();
+    assert_eq!(batch::restore(lengths.len(), &plan, results), lengths.iter().map(|l| l * 10).collect::<Vec<_>>());
+}
+
+#[test]
+fn french_sentences_split_where_they_end() {
+    let s = "M. Poutine a reçu Kim Jong-un. Il a dit « nous verrons ». Puis il est parti… Le 14 septembre, 8 000 soldats étaient là ! Pourquoi ?";
+    assert_eq!(
+        split_sentences(s),
+        vec![
+            "M. Poutine a reçu Kim Jong-un.",
+            "Il a dit « nous verrons ».",
+            "Puis il est parti…",
+            "Le 14 septembre, 8 000 soldats étaient là !",
+            "Pourquoi ?",
+        ]
+    );
+    assert_eq!(split_sentences("Selon J. Smith et Mme. Dupont, rien."), vec!["Selon J. Smith et Mme. Dupont, rien."]);
+    assert_eq!(split_sentences("  "), Vec::<&str>::new());
+    assert_eq!(split_sentences("Pas de point final"), vec!["Pas de point final"]);
+}
