@@ -67,10 +67,10 @@ fn corpus_sentences() -> Vec<String> {
     (0..SENTENCES).map(|i| out[i % out.len()].clone()).collect()
 }
 
-fn run_one(dir: &Path, batch: usize, beams: usize) {
+fn run_one(dir: &Path, batch: usize, beams: usize, json: bool) {
     let files = ModelFiles {
         dir: dir.to_path_buf(),
-        weights: dir.join("model.safetensors"),
+        weights: transum::weights::find_weight_file(dir).unwrap(),
         spec: ModelSpec::Local(dir.to_path_buf()),
     };
     let t0 = Instant::now();
@@ -92,6 +92,12 @@ fn run_one(dir: &Path, batch: usize, beams: usize) {
     let tokens: usize = out.iter().map(|t| t.hypothesis.tokens.len()).sum();
     assert_eq!(tokens, SENTENCES * NEW_TOKENS, "every sentence gets exactly {NEW_TOKENS} new tokens");
     let rss = peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64;
+    if json {
+        println!(
+            "{{\"tokens\": {tokens}, \"seconds\": {secs}, \"load_seconds\": {load_s}, \"peak_rss_mib\": {rss}}}"
+        );
+        return;
+    }
     println!(
         "f32   beams={beams} batch={batch:<3} {:>8.1} tok/s  {tokens} tokens in {secs:>6.2}s  peak RSS {rss:>6.0} MiB  load {load_s:.2}s",
         tokens as f64 / secs
@@ -101,9 +107,18 @@ fn run_one(dir: &Path, batch: usize, beams: usize) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].parse::<usize>().unwrap());
-    let dir = bench_model();
+    let _ = Path::new("");
+    if args.iter().any(|a| a == "--print-sentences") {
+        println!("{}", serde_json::to_string(&corpus_sentences()).unwrap());
+        return;
+    }
+    // --model DIR: a checkpoint saved elsewhere (benches/compare uses transformers' own save).
+    let dir = match args.iter().position(|a| a == "--model") {
+        Some(i) => PathBuf::from(&args[i + 1]),
+        None => bench_model(),
+    };
     if let (Some(batch), Some(beams)) = (arg("--batch"), arg("--beams")) {
-        run_one(&dir, batch, beams);
+        run_one(&dir, batch, beams, args.iter().any(|a| a == "--json"));
         return;
     }
     println!(

@@ -60,7 +60,7 @@ fn greedy<M: Seq2Seq>(
     let mut cur_len = 1;
     while !active.is_empty() {
         let last: Vec<u32> = active.iter().map(|&i| *histories[i].last().unwrap()).collect();
-        let mut logits = model.step(&mut state, &last)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut logits = model.step(&mut state, &last)?;
         let mut keep = Vec::with_capacity(active.len());
         cur_len += 1;
         for (row, &i) in active.iter().enumerate() {
@@ -153,7 +153,7 @@ fn beam<M: Seq2Seq>(
             .iter()
             .flat_map(|&i| items[i].running.iter().map(|(h, _)| *h.last().unwrap()))
             .collect();
-        let logits = model.step(&mut state, &last)?.flatten_all()?.to_vec1::<f32>()?;
+        let logits = model.step(&mut state, &last)?;
         // Rows of the next state: (position in `active` of the item, source beam).
         let mut next_rows: Vec<u32> = Vec::with_capacity(last.len());
         let mut next_active = Vec::with_capacity(active.len());

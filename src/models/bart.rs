@@ -148,6 +148,22 @@ pub struct BartState {
     past: usize,
 }
 
+/// Row-major [rows, cols] -> [cols, rows], in cache-friendly blocks.
+fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const B: usize = 64;
+    let mut dst = vec![0f32; src.len()];
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+    dst
+}
+
 fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let flat = ids.flatten_all()?;
@@ -357,11 +373,14 @@ impl Seq2Seq for BartModel {
         })
     }
 
-    fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Tensor> {
+    fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Vec<f32>> {
         let ids = Tensor::from_slice(tokens, (tokens.len(), 1), &self.device)?;
         let h = self.decode(state, &ids)?;
-        let logits = self.lm_head.forward(&last_position(&h)?)?;
-        to_f32(&logits)
+        // [vocab, rows]: the LM head's fastest layout; transposed on the host.
+        let lt = to_f32(&self.lm_head.forward_transposed(&last_position(&h)?)?)?;
+        let (vocab, rows) = lt.dims2()?;
+        let src = lt.flatten_all()?.to_vec1::<f32>()?;
+        Ok(transpose(&src, vocab, rows))
     }
 
     fn select_rows(&self, state: &mut BartState, rows: &[u32]) -> Result<()> {

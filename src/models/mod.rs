@@ -27,9 +27,10 @@ pub trait Seq2Seq {
     /// mask 1 for tokens and 0 for padding) and prepare decoding.
     fn start(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Self::State>;
 
-    /// Feed one new decoder token per row and return the next-token logits
-    /// as f32, shape [rows, vocab].
-    fn step(&self, state: &mut Self::State, tokens: &[u32]) -> Result<Tensor>;
+    /// Feed one new decoder token per row and return the next-token logits on
+    /// the host: f32, row-major [rows, vocab]. Search runs on the host, so the
+    /// model hands over the layout it computes fastest into this one.
+    fn step(&self, state: &mut Self::State, tokens: &[u32]) -> Result<Vec<f32>>;
 
     /// Keep only the given rows of the state, in the given order (rows may repeat).
     fn select_rows(&self, state: &mut Self::State, rows: &[u32]) -> Result<()>;

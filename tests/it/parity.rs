@@ -56,7 +56,7 @@ fn first_step_logits_match_transformers() {
             let mask = Tensor::ones((1, n), candle_core::DType::U32, &candle_core::Device::Cpu).unwrap();
             let mut state = t.model.start(&input, &mask).unwrap();
             let logits = t.model.step(&mut state, &[t.options.decoder_start_token_id]).unwrap();
-            let got: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+            let got: Vec<f32> = logits;
             let want: Vec<f32> = case["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
             assert_eq!(got.len(), want.len(), "{name}: vocab size");
             let max_diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -119,7 +119,7 @@ fn greedy_and_beam_outputs_match_transformers() {
                 near_tie.len()
             );
             // Scores sum up to max_new_tokens log-probabilities of f32 logits.
-            assert!(score_diff <= 1e-3, "{name}/{label}: beam scores differ by {score_diff:.2e} (relative)");
+            assert!(score_diff <= 1e-4, "{name}/{label}: beam scores differ by {score_diff:.2e} (relative)");
         }
     }
 }
