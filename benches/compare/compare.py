@@ -119,12 +119,12 @@ def run_transformers(hf_dir, ids, beams, batch):
     return tokens, time.time() - t0, load
 
 
-def run_ct2(ct2_dir, hf_dir, ids, beams, batch, compute_type):
+def run_ct2(ct2_dir, beams, batch, compute_type):
     import ctranslate2
-    from transformers import MarianTokenizer
 
-    tok = MarianTokenizer.from_pretrained(hf_dir)
-    src = [tok.convert_ids_to_tokens(i) for i in ids]
+    # Token strings were written by the parent, so this process imports only ctranslate2.
+    with open(os.path.join(WORK, "tokens.json"), encoding="utf-8") as f:
+        src = json.load(f)
     t0 = time.time()
     tr = ctranslate2.Translator(ct2_dir, device="cpu", compute_type=compute_type, inter_threads=1,
                                 intra_threads=THREADS)
@@ -145,18 +145,24 @@ def run_transum(hf_dir, beams, batch, dtype):
     return r["tokens"], r["seconds"], r["load_seconds"], r["peak_rss_mib"]
 
 
+def system_needs_ids(system):
+    return system == "transformers"
+
+
 def child(args):
     """Run one system/config and print a JSON line (peak RSS comes from the parent)."""
     hf_dir = os.path.join(WORK, "hf")
-    with open(os.path.join(WORK, "ids.json")) as f:
-        ids = json.load(f)
+    ids = None
+    if system_needs_ids(args.child):
+        with open(os.path.join(WORK, "ids.json")) as f:
+            ids = json.load(f)
     system, beams, batch = args.child, args.beams, args.batch
     if system == "transformers":
         tokens, secs, load = run_transformers(hf_dir, ids, beams, batch)
         rss = None
     elif system.startswith("ct2-"):
         ct = system[4:]
-        tokens, secs, load = run_ct2(os.path.join(WORK, f"ct2-{ct}"), hf_dir, ids, beams, batch, ct)
+        tokens, secs, load = run_ct2(os.path.join(WORK, f"ct2-{ct}"), beams, batch, ct)
         rss = None
     else:
         tokens, secs, load, rss = run_transum(hf_dir, beams, batch, system.split("-")[1])
@@ -182,6 +188,8 @@ def main():
     ids = [tok(s)["input_ids"] for s in sentences()]
     with open(os.path.join(WORK, "ids.json"), "w") as f:
         json.dump(ids, f)
+    with open(os.path.join(WORK, "tokens.json"), "w", encoding="utf-8") as f:
+        json.dump([tok.convert_ids_to_tokens(i) for i in ids], f, ensure_ascii=False)
     rows = []
     for beams in [int(b) for b in args.beams.split(",")]:
         for system in args.systems.split(","):
