@@ -34,7 +34,12 @@ fn bench_model() -> PathBuf {
     }
     std::fs::create_dir_all(&dir).unwrap();
     let fixture = repo().join("tests/fixtures/models/marian-a");
-    for f in ["source.spm", "target.spm", "vocab.json", "tokenizer_config.json"] {
+    for f in [
+        "source.spm",
+        "target.spm",
+        "vocab.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(fixture.join(f), dir.join(f)).unwrap();
     }
     std::fs::write(dir.join("config.json"), OPUS_MT_FR_EN_CONFIG).unwrap();
@@ -53,14 +58,25 @@ fn bench_model() -> PathBuf {
 
 fn corpus_sentences() -> Vec<String> {
     let shared = repo().join("../shared/corpus");
-    let dir = if shared.is_dir() { shared } else { repo().join("corpus") };
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let dir = if shared.is_dir() {
+        shared
+    } else {
+        repo().join("corpus")
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     paths.sort();
     let mut out = Vec::new();
     for p in paths {
         let text = std::fs::read_to_string(&p).unwrap();
         for line in text.lines() {
-            out.extend(transum::text::split_sentences(line).into_iter().map(str::to_string));
+            out.extend(
+                transum::text::split_sentences(line)
+                    .into_iter()
+                    .map(str::to_string),
+            );
         }
     }
     // Cycle through the corpus to the fixed workload size.
@@ -90,7 +106,11 @@ fn run_one(dir: &Path, batch: usize, beams: usize, json: bool) {
     let out = tr.translate(&refs).unwrap();
     let secs = t1.elapsed().as_secs_f64();
     let tokens: usize = out.iter().map(|t| t.hypothesis.tokens.len()).sum();
-    assert_eq!(tokens, SENTENCES * NEW_TOKENS, "every sentence gets exactly {NEW_TOKENS} new tokens");
+    assert_eq!(
+        tokens,
+        SENTENCES * NEW_TOKENS,
+        "every sentence gets exactly {NEW_TOKENS} new tokens"
+    );
     let rss = peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64;
     if json {
         println!(
@@ -105,8 +125,13 @@ fn run_one(dir: &Path, batch: usize, beams: usize, json: bool) {
 }
 
 fn main() {
+    transum::device::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].parse::<usize>().unwrap());
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args[i + 1].parse::<usize>().unwrap())
+    };
     let _ = Path::new("");
     if args.iter().any(|a| a == "--print-sentences") {
         println!("{}", serde_json::to_string(&corpus_sentences()).unwrap());

@@ -37,5 +37,8 @@ pub fn restore<T>(n: usize, batches: &[Vec<usize>], results: Vec<Vec<T>>) -> Vec
             slots[i] = Some(r);
         }
     }
-    slots.into_iter().map(|s| s.expect("every item is in exactly one batch")).collect()
+    slots
+        .into_iter()
+        .map(|s| s.expect("every item is in exactly one batch"))
+        .collect()
 }

@@ -49,35 +49,75 @@ pub fn random_weights(config: &BartConfig, seed: u64) -> Result<HashMap<String, 
     let mut rng = Rng(seed.max(1));
     let d = config.d_model;
     let mut t = HashMap::new();
-    t.insert("model.shared.weight".to_string(), rng.tensor(&[config.vocab_size, d], 0.05, 0.0)?);
-    t.insert("final_logits_bias".to_string(), rng.tensor(&[1, config.target_vocab_size()], 0.1, 0.0)?);
+    t.insert(
+        "model.shared.weight".to_string(),
+        rng.tensor(&[config.vocab_size, d], 0.05, 0.0)?,
+    );
+    t.insert(
+        "final_logits_bias".to_string(),
+        rng.tensor(&[1, config.target_vocab_size()], 0.1, 0.0)?,
+    );
     let mut layer = |prefix: String, ffn: usize, cross: bool, rng: &mut Rng| -> Result<()> {
         let mut attn = |name: &str, rng: &mut Rng| -> Result<()> {
             for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-                t.insert(format!("{prefix}.{name}.{p}.weight"), rng.tensor(&[d, d], 0.04, 0.0)?);
-                t.insert(format!("{prefix}.{name}.{p}.bias"), rng.tensor(&[d], 0.02, 0.0)?);
+                t.insert(
+                    format!("{prefix}.{name}.{p}.weight"),
+                    rng.tensor(&[d, d], 0.04, 0.0)?,
+                );
+                t.insert(
+                    format!("{prefix}.{name}.{p}.bias"),
+                    rng.tensor(&[d], 0.02, 0.0)?,
+                );
             }
-            t.insert(format!("{prefix}.{name}_layer_norm.weight"), rng.tensor(&[d], 0.1, 1.0)?);
-            t.insert(format!("{prefix}.{name}_layer_norm.bias"), rng.tensor(&[d], 0.02, 0.0)?);
+            t.insert(
+                format!("{prefix}.{name}_layer_norm.weight"),
+                rng.tensor(&[d], 0.1, 1.0)?,
+            );
+            t.insert(
+                format!("{prefix}.{name}_layer_norm.bias"),
+                rng.tensor(&[d], 0.02, 0.0)?,
+            );
             Ok(())
         };
         attn("self_attn", rng)?;
         if cross {
             attn("encoder_attn", rng)?;
         }
-        t.insert(format!("{prefix}.fc1.weight"), rng.tensor(&[ffn, d], 0.04, 0.0)?);
+        t.insert(
+            format!("{prefix}.fc1.weight"),
+            rng.tensor(&[ffn, d], 0.04, 0.0)?,
+        );
         t.insert(format!("{prefix}.fc1.bias"), rng.tensor(&[ffn], 0.02, 0.0)?);
-        t.insert(format!("{prefix}.fc2.weight"), rng.tensor(&[d, ffn], 0.02, 0.0)?);
+        t.insert(
+            format!("{prefix}.fc2.weight"),
+            rng.tensor(&[d, ffn], 0.02, 0.0)?,
+        );
         t.insert(format!("{prefix}.fc2.bias"), rng.tensor(&[d], 0.02, 0.0)?);
-        t.insert(format!("{prefix}.final_layer_norm.weight"), rng.tensor(&[d], 0.1, 1.0)?);
-        t.insert(format!("{prefix}.final_layer_norm.bias"), rng.tensor(&[d], 0.02, 0.0)?);
+        t.insert(
+            format!("{prefix}.final_layer_norm.weight"),
+            rng.tensor(&[d], 0.1, 1.0)?,
+        );
+        t.insert(
+            format!("{prefix}.final_layer_norm.bias"),
+            rng.tensor(&[d], 0.02, 0.0)?,
+        );
         Ok(())
     };
     for i in 0..config.encoder_layers {
-        layer(format!("model.encoder.layers.{i}"), config.encoder_ffn_dim, false, &mut rng)?;
+        layer(
+            format!("model.encoder.layers.{i}"),
+            config.encoder_ffn_dim,
+            false,
+            &mut rng,
+        )?;
     }
     for i in 0..config.decoder_layers {
-        layer(format!("model.decoder.layers.{i}"), config.decoder_ffn_dim, true, &mut rng)?;
+        layer(
+            format!("model.decoder.layers.{i}"),
+            config.decoder_ffn_dim,
+            true,
+            &mut rng,
+        )?;
     }
     Ok(t)
 }

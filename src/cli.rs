@@ -122,10 +122,15 @@ fn load_translator(model: &ModelArgs, overrides: &GenerationOverrides) -> Result
 fn read_input(input: &str) -> Result<String> {
     let (bytes, name) = if input == "-" {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).context("cannot read stdin")?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read stdin")?;
         (buf, "<stdin>".to_string())
     } else {
-        (std::fs::read(input).with_context(|| format!("{input}: cannot read the input file"))?, input.to_string())
+        (
+            std::fs::read(input).with_context(|| format!("{input}: cannot read the input file"))?,
+            input.to_string(),
+        )
     };
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
@@ -133,7 +138,10 @@ fn read_input(input: &str) -> Result<String> {
             e.utf8_error().valid_up_to()
         )
     })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text).replace("\r\n", "\n");
+    let text = text
+        .strip_prefix('\u{feff}')
+        .unwrap_or(&text)
+        .replace("\r\n", "\n");
     Ok(text)
 }
 
@@ -165,9 +173,11 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(flat.len() as u64);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} translating [{bar:30}] {pos}/{len} units, {elapsed} elapsed, eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} translating [{bar:30}] {pos}/{len} units, {elapsed} elapsed, eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar
     } else {
@@ -179,7 +189,10 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
     let mut next = out.into_iter();
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     for line_units in &units {
-        let parts: Vec<String> = line_units.iter().map(|_| next.next().expect("one result per unit").text).collect();
+        let parts: Vec<String> = line_units
+            .iter()
+            .map(|_| next.next().expect("one result per unit").text)
+            .collect();
         writeln!(stdout, "{}", parts.join(" ")).context("cannot write to stdout")?;
     }
     stdout.flush().context("cannot write to stdout")?;

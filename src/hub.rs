@@ -15,7 +15,11 @@ use crate::weights::WEIGHT_FILES;
 /// Files every Marian checkpoint needs.
 pub const REQUIRED_FILES: [&str; 4] = ["config.json", "source.spm", "target.spm", "vocab.json"];
 /// Files used when present.
-pub const OPTIONAL_FILES: [&str; 3] = ["generation_config.json", "tokenizer_config.json", "target_vocab.json"];
+pub const OPTIONAL_FILES: [&str; 3] = [
+    "generation_config.json",
+    "tokenizer_config.json",
+    "target_vocab.json",
+];
 
 /// What `--model` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +48,11 @@ impl ModelSpec {
             None => (s, "main".to_string()),
         };
         let parts: Vec<&str> = id.split('/').collect();
-        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) || s.starts_with('.') || s.starts_with('/') {
+        if parts.len() != 2
+            || parts.iter().any(|p| p.is_empty())
+            || s.starts_with('.')
+            || s.starts_with('/')
+        {
             return Err(Error::setting(
                 format!("--model {s:?} is neither an existing directory nor a hub id"),
                 "pass a checkpoint directory, or a hub id like Helsinki-NLP/opus-mt-fr-en[@revision]",
@@ -177,7 +185,10 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFile
     };
     let mut dir = PathBuf::new();
     for f in REQUIRED_FILES {
-        dir = fetch(f)?.parent().map(Path::to_path_buf).unwrap_or_default();
+        dir = fetch(f)?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
     }
     for f in OPTIONAL_FILES {
         if let Err(e) = repo.get(f) {
@@ -198,7 +209,8 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFile
     }
     let weights = weights.ok_or_else(|| Error::Hub {
         what: format!("{id}@{revision} has neither model.safetensors nor pytorch_model.bin"),
-        hint: "pick a revision that carries weights (e.g. refs/pr/N for converted safetensors)".into(),
+        hint: "pick a revision that carries weights (e.g. refs/pr/N for converted safetensors)"
+            .into(),
         source: last_err.map(|e| Box::new(e) as _),
     })?;
     Ok(ModelFiles {

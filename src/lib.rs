@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod generation;
 pub mod hub;
+pub mod kernels;
 pub mod models;
 pub mod text;
 pub mod tokenizer;

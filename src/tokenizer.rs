@@ -64,7 +64,10 @@ impl SpmModel {
             if trainer.model_type() != sentencepiece_model::ModelType::Unigram {
                 return Err(Error::file(
                     path,
-                    format!("SentencePiece model type {:?} is not supported", trainer.model_type()),
+                    format!(
+                        "SentencePiece model type {:?} is not supported",
+                        trainer.model_type()
+                    ),
                     "Marian checkpoints use unigram SentencePiece models",
                     None,
                 ));
@@ -131,8 +134,12 @@ impl SpmModel {
     fn normalize(&self, text: &str) -> Result<String> {
         let mut s = if let Some(n) = &self.normalizer {
             let mut ns = NormalizedString::from(text);
-            n.normalize(&mut ns)
-                .map_err(|e| Error::input(format!("normalization failed: {e}"), "report this input as a bug"))?;
+            n.normalize(&mut ns).map_err(|e| {
+                Error::input(
+                    format!("normalization failed: {e}"),
+                    "report this input as a bug",
+                )
+            })?;
             ns.get().to_string()
         } else {
             text.to_string()
@@ -176,9 +183,12 @@ impl SpmModel {
         if normalized.is_empty() {
             return Ok(Vec::new());
         }
-        self.unigram
-            .encode(&normalized)
-            .map_err(|e| Error::input(format!("segmentation failed: {e}"), "report this input as a bug"))
+        self.unigram.encode(&normalized).map_err(|e| {
+            Error::input(
+                format!("segmentation failed: {e}"),
+                "report this input as a bug",
+            )
+        })
     }
 
     /// SentencePiece `decode_pieces`.
@@ -256,17 +266,32 @@ pub struct MarianTokenizer {
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::file(path, "cannot read", "check that the model directory is complete", Some(Box::new(e)))
+        Error::file(
+            path,
+            "cannot read",
+            "check that the model directory is complete",
+            Some(Box::new(e)),
+        )
     })?;
     serde_json::from_str(&text).map_err(|e| {
-        Error::file(path, "is not valid JSON", "the file is corrupt; fetch it again", Some(Box::new(e)))
+        Error::file(
+            path,
+            "is not valid JSON",
+            "the file is corrupt; fetch it again",
+            Some(Box::new(e)),
+        )
     })
 }
 
 fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
     let value = read_json(path)?;
     let map = value.as_object().ok_or_else(|| {
-        Error::file(path, "is not a JSON object of piece -> id", "fetch the file again", None)
+        Error::file(
+            path,
+            "is not a JSON object of piece -> id",
+            "fetch the file again",
+            None,
+        )
     })?;
     map.iter()
         .map(|(k, v)| {
@@ -274,7 +299,12 @@ fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
                 .and_then(|id| u32::try_from(id).ok())
                 .map(|id| (k.clone(), id))
                 .ok_or_else(|| {
-                    Error::file(path, format!("piece {k:?} has a non-integer id"), "fetch the file again", None)
+                    Error::file(
+                        path,
+                        format!("piece {k:?} has a non-integer id"),
+                        "fetch the file again",
+                        None,
+                    )
                 })
         })
         .collect()
@@ -304,7 +334,10 @@ impl MarianTokenizer {
         let unk = token_string(config.get("unk_token")).unwrap_or_else(|| "<unk>".into());
         let eos = token_string(config.get("eos_token")).unwrap_or_else(|| "</s>".into());
         let pad = token_string(config.get("pad_token")).unwrap_or_else(|| "<pad>".into());
-        let separate = config.get("separate_vocabs").and_then(|v| v.as_bool()).unwrap_or(false);
+        let separate = config
+            .get("separate_vocabs")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         // transformers 5 defaults this to False for Python tokenizers.
         let clean_up = config
             .get("clean_up_tokenization_spaces")
@@ -325,7 +358,8 @@ impl MarianTokenizer {
         } else {
             encoder.clone()
         };
-        let decoder: HashMap<u32, String> = decoder_vocab.into_iter().map(|(k, v)| (v, k)).collect();
+        let decoder: HashMap<u32, String> =
+            decoder_vocab.into_iter().map(|(k, v)| (v, k)).collect();
 
         let lookup = |tok: &str| {
             encoder.get(tok).copied().ok_or_else(|| {
@@ -342,15 +376,24 @@ impl MarianTokenizer {
         let pad_id = lookup(&pad)?;
 
         let mut special_tokens = vec![unk.clone(), eos.clone(), pad.clone()];
-        if let Some(extra) = config.get("additional_special_tokens").and_then(|v| v.as_array()) {
+        if let Some(extra) = config
+            .get("additional_special_tokens")
+            .and_then(|v| v.as_array())
+        {
             special_tokens.extend(extra.iter().filter_map(|v| token_string(Some(v))));
         }
-        if let Some(added) = config.get("added_tokens_decoder").and_then(|v| v.as_object()) {
+        if let Some(added) = config
+            .get("added_tokens_decoder")
+            .and_then(|v| v.as_object())
+        {
             special_tokens.extend(added.values().filter_map(|v| token_string(Some(v))));
         }
         special_tokens.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
         special_tokens.dedup();
-        let special_ids = special_tokens.iter().filter_map(|t| encoder.get(t).copied()).collect();
+        let special_ids = special_tokens
+            .iter()
+            .filter_map(|t| encoder.get(t).copied())
+            .collect();
 
         Ok(MarianTokenizer {
             source: SpmModel::load(&files.source_spm)?,
@@ -394,7 +437,11 @@ impl MarianTokenizer {
         let mut start = 0;
         let mut i = 0;
         while i < text.len() {
-            if let Some(tok) = self.special_tokens.iter().find(|t| text[i..].starts_with(t.as_str())) {
+            if let Some(tok) = self
+                .special_tokens
+                .iter()
+                .find(|t| text[i..].starts_with(t.as_str()))
+            {
                 if start < i {
                     out.push((&text[start..i], false));
                 }
@@ -442,7 +489,11 @@ impl MarianTokenizer {
     /// Target-side text for `ids`, special tokens skipped
     /// (`tokenizer.decode(ids, skip_special_tokens=True)`).
     pub fn decode(&self, ids: &[u32]) -> String {
-        let spm = if self.decode_with_source { &self.source } else { &self.target };
+        let spm = if self.decode_with_source {
+            &self.source
+        } else {
+            &self.target
+        };
         let mut out = String::new();
         let mut current: Vec<&str> = Vec::new();
         for id in ids {

@@ -41,15 +41,31 @@ pub struct Translator {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::file(path, "cannot read", "check the model directory", Some(Box::new(e))))?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::file(path, "is not valid JSON", "fetch the file again", Some(Box::new(e))))
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::file(
+            path,
+            "cannot read",
+            "check the model directory",
+            Some(Box::new(e)),
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::file(
+            path,
+            "is not valid JSON",
+            "fetch the file again",
+            Some(Box::new(e)),
+        )
+    })
 }
 
 impl Translator {
     /// Load tokenizer, config, generation settings and weights from `files`.
-    pub fn load(files: &ModelFiles, placement: &Placement, overrides: &GenerationOverrides) -> Result<Self> {
+    pub fn load(
+        files: &ModelFiles,
+        placement: &Placement,
+        overrides: &GenerationOverrides,
+    ) -> Result<Self> {
         let config_path = files.dir.join("config.json");
         let config_json = read_json(&config_path)?;
         let config: BartConfig = serde_json::from_value(config_json.clone()).map_err(|e| {
@@ -61,7 +77,11 @@ impl Translator {
             )
         })?;
         let gen_path = files.dir.join("generation_config.json");
-        let gen_json = if gen_path.is_file() { Some(read_json(&gen_path)?) } else { None };
+        let gen_json = if gen_path.is_file() {
+            Some(read_json(&gen_path)?)
+        } else {
+            None
+        };
         let options = GenerationOptions::resolve(gen_json.as_ref(), &config_json, overrides)?;
         let tokenizer = MarianTokenizer::from_dir(&files.dir)?;
         if tokenizer.vocab_size() > config.vocab_size {
@@ -102,8 +122,15 @@ impl Translator {
         let mut mask = Vec::with_capacity(batch.len() * longest);
         for seq in batch {
             // Right padding, as MarianTokenizer does: positions of real tokens are unchanged.
-            ids.extend(seq.iter().copied().chain(std::iter::repeat_n(pad, longest - seq.len())));
-            mask.extend(std::iter::repeat_n(1u32, seq.len()).chain(std::iter::repeat_n(0, longest - seq.len())));
+            ids.extend(
+                seq.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(pad, longest - seq.len())),
+            );
+            mask.extend(
+                std::iter::repeat_n(1u32, seq.len())
+                    .chain(std::iter::repeat_n(0, longest - seq.len())),
+            );
         }
         let device = self.model.device();
         let ids = Tensor::from_vec(ids, (batch.len(), longest), device)?;
@@ -117,13 +144,25 @@ impl Translator {
     }
 
     /// As [`Translator::translate`], calling `progress(n)` after each batch of n units.
-    pub fn translate_with_progress(&self, texts: &[&str], mut progress: impl FnMut(usize)) -> Result<Vec<Translation>> {
+    pub fn translate_with_progress(
+        &self,
+        texts: &[&str],
+        mut progress: impl FnMut(usize),
+    ) -> Result<Vec<Translation>> {
         let mut encoded = Vec::with_capacity(texts.len());
         for t in texts {
-            encoded.push(if t.trim().is_empty() { Vec::new() } else { self.tokenizer.encode(t)? });
+            encoded.push(if t.trim().is_empty() {
+                Vec::new()
+            } else {
+                self.tokenizer.encode(t)?
+            });
         }
         let max_pos = self.model.config().max_position_embeddings;
-        if let Some((i, ids)) = encoded.iter().enumerate().find(|(_, ids)| ids.len() > max_pos) {
+        if let Some((i, ids)) = encoded
+            .iter()
+            .enumerate()
+            .find(|(_, ids)| ids.len() > max_pos)
+        {
             return Err(Error::input(
                 format!(
                     "segment {} has {} tokens, more than the model's {} positions",
@@ -134,7 +173,9 @@ impl Translator {
                 "split long lines into sentences (--segment sentences) or shorter lines",
             ));
         }
-        let work: Vec<usize> = (0..texts.len()).filter(|&i| !encoded[i].is_empty()).collect();
+        let work: Vec<usize> = (0..texts.len())
+            .filter(|&i| !encoded[i].is_empty())
+            .collect();
         let lengths: Vec<usize> = work.iter().map(|&i| encoded[i].len()).collect();
         let plan = crate::batch::plan(&lengths, self.batch_tokens, self.max_batch);
         let mut results = Vec::with_capacity(plan.len());

@@ -63,7 +63,8 @@ impl Weights {
         let raw: Vec<(String, Tensor)> = if is_safetensors {
             // SAFETY: the file is mapped read-only; transum never writes to model files
             // while they are loaded.
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(corrupt)?;
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+                .map_err(corrupt)?;
             st.tensors()
                 .into_iter()
                 .map(|(name, _)| st.load(&name, &Device::Cpu).map(|t| (name, t)))
@@ -74,7 +75,11 @@ impl Weights {
         };
         let mut tensors = HashMap::with_capacity(raw.len());
         for (name, t) in raw {
-            let t = if t.dtype().is_float() && t.dtype() != dtype { t.to_dtype(dtype)? } else { t };
+            let t = if t.dtype().is_float() && t.dtype() != dtype {
+                t.to_dtype(dtype)?
+            } else {
+                t
+            };
             let t = t.to_device(device)?;
             tensors.insert(name, t);
         }
@@ -82,7 +87,13 @@ impl Weights {
         if !tensors.keys().any(|k| k.starts_with("model.")) {
             tensors = tensors
                 .into_iter()
-                .map(|(k, v)| if k == "final_logits_bias" || k.starts_with("lm_head.") { (k, v) } else { (format!("model.{k}"), v) })
+                .map(|(k, v)| {
+                    if k == "final_logits_bias" || k.starts_with("lm_head.") {
+                        (k, v)
+                    } else {
+                        (format!("model.{k}"), v)
+                    }
+                })
                 .collect();
         }
         Ok(Weights {

@@ -33,8 +33,16 @@ impl LogitsProcessor {
             .filter(|w| !(w.len() == 1 && opts.eos_token_ids.contains(&w[0])))
             .collect();
         LogitsProcessor {
-            banned: words.iter().filter(|w| w.len() == 1).map(|w| w[0]).collect(),
-            banned_sequences: words.iter().filter(|w| w.len() > 1).map(|w| (*w).clone()).collect(),
+            banned: words
+                .iter()
+                .filter(|w| w.len() == 1)
+                .map(|w| w[0])
+                .collect(),
+            banned_sequences: words
+                .iter()
+                .filter(|w| w.len() > 1)
+                .map(|w| (*w).clone())
+                .collect(),
             min_length: opts.min_length,
             min_new_tokens: opts.min_new_tokens,
             forced_eos: opts.forced_eos_token_ids.clone(),
@@ -80,17 +88,9 @@ impl LogitsProcessor {
     }
 }
 
-/// `log_softmax` over one row, in f32 like torch.
+/// `log_softmax` over one row, in f32 like torch (vectorized kernel).
 pub fn log_softmax_in_place(scores: &mut [f32]) {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        return;
-    }
-    let sum: f32 = scores.iter().map(|&x| (x - max).exp()).sum();
-    let log_sum = sum.ln();
-    for s in scores.iter_mut() {
-        *s = *s - max - log_sum;
-    }
+    crate::kernels::log_softmax(scores);
 }
 
 /// Index of the first maximum (torch.argmax tie rule) and the top-1 minus top-2 margin.

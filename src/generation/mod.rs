@@ -137,7 +137,9 @@ impl GenerationOptions {
                 })?,
             _ => Vec::new(),
         };
-        let max_new_tokens = overrides.max_new_tokens.or(usize_field(get("max_new_tokens")));
+        let max_new_tokens = overrides
+            .max_new_tokens
+            .or(usize_field(get("max_new_tokens")));
         let max_length = match (max_new_tokens, overrides.max_length) {
             (Some(n), _) => n + 1, // the decoder start token counts towards max_length
             (None, Some(l)) => l,
@@ -152,21 +154,31 @@ impl GenerationOptions {
             },
         };
         let opts = GenerationOptions {
-            num_beams: overrides.num_beams.or(usize_field(get("num_beams"))).unwrap_or(1),
+            num_beams: overrides
+                .num_beams
+                .or(usize_field(get("num_beams")))
+                .unwrap_or(1),
             max_length,
             min_length: usize_field(get("min_length")).unwrap_or(0),
-            min_new_tokens: overrides.min_new_tokens.or(usize_field(get("min_new_tokens"))).unwrap_or(0),
+            min_new_tokens: overrides
+                .min_new_tokens
+                .or(usize_field(get("min_new_tokens")))
+                .unwrap_or(0),
             bad_words_ids,
             forced_eos_token_ids: ids(get("forced_eos_token_id")).unwrap_or_default(),
             length_penalty: overrides
                 .length_penalty
-                .or(get("length_penalty").and_then(|v| v.as_f64()).map(|x| x as f32))
+                .or(get("length_penalty")
+                    .and_then(|v| v.as_f64())
+                    .map(|x| x as f32))
                 .unwrap_or(1.0),
             early_stopping,
             decoder_start_token_id,
             eos_token_ids,
             pad_token_id,
-            renormalize_logits: get("renormalize_logits").and_then(|v| v.as_bool()).unwrap_or(false),
+            renormalize_logits: get("renormalize_logits")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
         };
         opts.validate()?;
         Ok(opts)
@@ -175,7 +187,10 @@ impl GenerationOptions {
     /// Reject settings that cannot generate anything sensible.
     pub fn validate(&self) -> Result<()> {
         if self.num_beams == 0 {
-            return Err(Error::setting("--beams must be at least 1", "use 1 for greedy search, 4 for Marian's default"));
+            return Err(Error::setting(
+                "--beams must be at least 1",
+                "use 1 for greedy search, 4 for Marian's default",
+            ));
         }
         if self.max_length < 2 {
             return Err(Error::setting(
@@ -184,7 +199,10 @@ impl GenerationOptions {
             ));
         }
         if !self.length_penalty.is_finite() {
-            return Err(Error::setting("length_penalty must be a finite number", "use e.g. 1.0"));
+            return Err(Error::setting(
+                "length_penalty must be a finite number",
+                "use e.g. 1.0",
+            ));
         }
         Ok(())
     }

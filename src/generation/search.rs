@@ -8,6 +8,7 @@
 //! rows stop costing work.
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 use super::logits::{argmax_with_margin, log_softmax_in_place, LogitsProcessor};
 use super::{EarlyStopping, GenerationOptions};
@@ -59,7 +60,10 @@ fn greedy<M: Seq2Seq>(
     let vocab = model.vocab_size();
     let mut cur_len = 1;
     while !active.is_empty() {
-        let last: Vec<u32> = active.iter().map(|&i| *histories[i].last().unwrap()).collect();
+        let last: Vec<u32> = active
+            .iter()
+            .map(|&i| *histories[i].last().unwrap())
+            .collect();
         let mut logits = model.step(&mut state, &last)?;
         let mut keep = Vec::with_capacity(active.len());
         cur_len += 1;
@@ -137,7 +141,9 @@ fn beam<M: Seq2Seq>(
     let start = vec![opts.decoder_start_token_id];
     let mut items: Vec<BeamItem> = (0..batch)
         .map(|_| BeamItem {
-            running: (0..nb).map(|j| (start.clone(), if j == 0 { 0.0 } else { NEG })).collect(),
+            running: (0..nb)
+                .map(|j| (start.clone(), if j == 0 { 0.0 } else { NEG }))
+                .collect(),
             finished: (0..nb).map(|_| (start.clone(), NEG, false)).collect(),
             improvable: true,
             done: false,
@@ -146,31 +152,38 @@ fn beam<M: Seq2Seq>(
         .collect();
     let mut active: Vec<usize> = (0..batch).collect();
     let mut cur_len = 1usize;
-    let mut log_probs = vec![0f32; nb * vocab];
 
     while !active.is_empty() {
         let last: Vec<u32> = active
             .iter()
             .flat_map(|&i| items[i].running.iter().map(|(h, _)| *h.last().unwrap()))
             .collect();
-        let logits = model.step(&mut state, &last)?;
+        let mut logits = model.step(&mut state, &last)?;
         // Rows of the next state: (position in `active` of the item, source beam).
         let mut next_rows: Vec<u32> = Vec::with_capacity(last.len());
         let mut next_active = Vec::with_capacity(active.len());
         let hits_len = cur_len + 1 >= opts.max_length;
 
+        // Log-probabilities of every row, processed and offset by its beam's score
+        // (transformers: log_softmax, processors, + running score), rows in parallel.
+        {
+            let rows: Vec<(&[u32], f32)> = active
+                .iter()
+                .flat_map(|&i| items[i].running.iter().map(|(h, s)| (h.as_slice(), *s)))
+                .collect();
+            logits.par_chunks_mut(vocab).zip(rows.par_iter()).for_each(
+                |(row, (history, score))| {
+                    log_softmax_in_place(row);
+                    processor.apply(history, row);
+                    for v in row.iter_mut() {
+                        *v += *score;
+                    }
+                },
+            );
+        }
         for (pos, &i) in active.iter().enumerate() {
             let item = &mut items[i];
-            for (j, (history, score)) in item.running.iter().enumerate() {
-                let row = (pos * nb + j) * vocab;
-                let dst = &mut log_probs[j * vocab..(j + 1) * vocab];
-                dst.copy_from_slice(&logits[row..row + vocab]);
-                log_softmax_in_place(dst);
-                processor.apply(history, dst);
-                for v in dst.iter_mut() {
-                    *v += *score;
-                }
-            }
+            let log_probs = &logits[pos * nb * vocab..(pos + 1) * nb * vocab];
             let cands = top_k(log_probs.iter().copied(), n_cand + 1);
             for w in cands.windows(2) {
                 if w[1].0 > NEG / 2.0 {
@@ -188,7 +201,10 @@ fn beam<M: Seq2Seq>(
                 .collect();
 
             // Next running beams: the best candidates that did not just finish.
-            let adjusted: Vec<f32> = cands.iter().map(|&(s, _, _, hit)| if hit { s + NEG } else { s }).collect();
+            let adjusted: Vec<f32> = cands
+                .iter()
+                .map(|&(s, _, _, hit)| if hit { s + NEG } else { s })
+                .collect();
             let chosen = top_k(adjusted.iter().copied(), nb);
             let new_running: Vec<(Vec<u32>, f32)> = chosen
                 .iter()
@@ -221,8 +237,12 @@ fn beam<M: Seq2Seq>(
                 merged.push((h, score, did_finish));
             }
             let keep = top_k(merged.iter().map(|m| m.1), nb);
-            let mut slots: Vec<Option<(Vec<u32>, f32, bool)>> = merged.into_iter().map(Some).collect();
-            item.finished = keep.iter().map(|&(_, k)| slots[k].take().unwrap()).collect();
+            let mut slots: Vec<Option<(Vec<u32>, f32, bool)>> =
+                merged.into_iter().map(Some).collect();
+            item.finished = keep
+                .iter()
+                .map(|&(_, k)| slots[k].take().unwrap())
+                .collect();
             item.running = new_running;
 
             // transformers' _check_early_stop_heuristic, at the new length.
@@ -233,11 +253,19 @@ fn beam<M: Seq2Seq>(
                 new_len - 1
             };
             let best_possible = item.running[0].1 / (best_len as f64).powf(lp) as f32;
-            let worst = item.finished.iter().map(|f| f.1).fold(f32::INFINITY, f32::min);
-            item.improvable &= item.finished.iter().any(|f| best_possible > if f.2 { worst } else { NEG });
+            let worst = item
+                .finished
+                .iter()
+                .map(|f| f.1)
+                .fold(f32::INFINITY, f32::min);
+            item.improvable &= item
+                .finished
+                .iter()
+                .any(|f| best_possible > if f.2 { worst } else { NEG });
 
             let all_hit = cands.iter().all(|c| c.3);
-            let full = opts.early_stopping == EarlyStopping::Always && item.finished.iter().all(|f| f.2);
+            let full =
+                opts.early_stopping == EarlyStopping::Always && item.finished.iter().all(|f| f.2);
             item.done = !item.improvable || full || all_hit || hits_len;
             if !item.done {
                 next_active.push(i);

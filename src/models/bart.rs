@@ -16,8 +16,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::layers::{
-    causal_mask, last_position, padding_mask, sinusoidal_table, to_f32, Activation, Attention, KeyValue, LayerNorm,
-    Linear,
+    causal_mask, last_position, padding_mask, sinusoidal_table, to_f32, Activation, Attention,
+    KeyValue, LayerNorm, Linear,
 };
 use super::Seq2Seq;
 use crate::error::{Error, Result};
@@ -128,6 +128,8 @@ pub struct BartModel {
     encoder_layers: Vec<EncoderLayer>,
     decoder_layers: Vec<DecoderLayer>,
     lm_head: Linear,
+    /// final_logits_bias on the host, added while transposing the logits.
+    logits_bias: Vec<f32>,
     activation: Activation,
     dtype: DType,
     device: Device,
@@ -141,6 +143,8 @@ pub struct BartState {
     mask: Tensor,
     /// Self-attention cache per decoder layer, one entry per row.
     cache: Vec<Option<KeyValue>>,
+    /// Row selection owed to `cache` (applied while appending at the next step).
+    pending: Option<Vec<u32>>,
     /// Rows per item (beams); rows of one item are consecutive.
     group: usize,
     rows: usize,
@@ -148,15 +152,25 @@ pub struct BartState {
     past: usize,
 }
 
-/// Row-major [rows, cols] -> [cols, rows], in cache-friendly blocks.
-fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+impl BartState {
+    /// Record that the cache's rows become `rows` (composed with any earlier debt).
+    fn owe_rows(&mut self, rows: &[u32]) {
+        self.pending = Some(match &self.pending {
+            Some(prev) => rows.iter().map(|&r| prev[r as usize]).collect(),
+            None => rows.to_vec(),
+        });
+    }
+}
+
+/// Row-major [rows, cols] -> [cols, rows] plus `bias[row]`, in cache-friendly blocks.
+fn transpose_add(src: &[f32], rows: usize, cols: usize, bias: &[f32]) -> Vec<f32> {
     const B: usize = 64;
     let mut dst = vec![0f32; src.len()];
     for r0 in (0..rows).step_by(B) {
         for c0 in (0..cols).step_by(B) {
             for r in r0..(r0 + B).min(rows) {
                 for c in c0..(c0 + B).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
+                    dst[c * rows + r] = src[r * cols + c] + bias[r];
                 }
             }
         }
@@ -167,7 +181,9 @@ fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let flat = ids.flatten_all()?;
-    Ok(table.index_select(&flat, 0)?.reshape((b, t, table.dim(1)?))?)
+    Ok(table
+        .index_select(&flat, 0)?
+        .reshape((b, t, table.dim(1)?))?)
 }
 
 impl BartModel {
@@ -191,9 +207,21 @@ impl BartModel {
         };
         let shared = ["model.shared.weight".to_string()];
         let encoder_embed = if config.share_encoder_decoder_embeddings {
-            first(&[shared[0].clone(), "model.encoder.embed_tokens.weight".into()], src_vocab)?
+            first(
+                &[
+                    shared[0].clone(),
+                    "model.encoder.embed_tokens.weight".into(),
+                ],
+                src_vocab,
+            )?
         } else {
-            first(&["model.encoder.embed_tokens.weight".into(), shared[0].clone()], src_vocab)?
+            first(
+                &[
+                    "model.encoder.embed_tokens.weight".into(),
+                    shared[0].clone(),
+                ],
+                src_vocab,
+            )?
         };
         let decoder_embed = if config.share_encoder_decoder_embeddings {
             encoder_embed.clone()
@@ -206,7 +234,8 @@ impl BartModel {
             decoder_embed.clone()
         };
         let final_logits_bias = if w.contains("final_logits_bias") {
-            w.get("final_logits_bias", &[1, tgt_vocab])?.reshape(tgt_vocab)?
+            w.get("final_logits_bias", &[1, tgt_vocab])?
+                .reshape(tgt_vocab)?
         } else {
             tracing::warn!(
                 "{}: no final_logits_bias; using zeros as transformers does",
@@ -263,15 +292,28 @@ impl BartModel {
             decoder_layers.push(DecoderLayer {
                 self_attn: Attention::load(&l.pp("self_attn"), d, config.decoder_attention_heads)?,
                 self_attn_layer_norm: LayerNorm::load(&l.pp("self_attn_layer_norm"), d)?,
-                encoder_attn: Attention::load(&l.pp("encoder_attn"), d, config.decoder_attention_heads)?,
+                encoder_attn: Attention::load(
+                    &l.pp("encoder_attn"),
+                    d,
+                    config.decoder_attention_heads,
+                )?,
                 encoder_attn_layer_norm: LayerNorm::load(&l.pp("encoder_attn_layer_norm"), d)?,
                 fc1: Linear::load(&l.pp("fc1"), d, config.decoder_ffn_dim, true)?,
                 fc2: Linear::load(&l.pp("fc2"), config.decoder_ffn_dim, d, true)?,
                 final_layer_norm: LayerNorm::load(&l.pp("final_layer_norm"), d)?,
             });
         }
+        let logits_bias = match lm_head.bias() {
+            Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            None => vec![0.0; tgt_vocab],
+        };
         Ok(BartModel {
-            embed_scale: if config.scale_embedding { (d as f64).sqrt() } else { 1.0 },
+            logits_bias,
+            embed_scale: if config.scale_embedding {
+                (d as f64).sqrt()
+            } else {
+                1.0
+            },
             activation: Activation::from_name(&config.activation_function)?,
             dtype: w.dtype(),
             device: w.device().clone(),
@@ -296,7 +338,13 @@ impl BartModel {
         &self.device
     }
 
-    fn embed(&self, table: &Tensor, positions: &Tensor, ids: &Tensor, past: usize) -> Result<Tensor> {
+    fn embed(
+        &self,
+        table: &Tensor,
+        positions: &Tensor,
+        ids: &Tensor,
+        past: usize,
+    ) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         if past + t > self.config.max_position_embeddings {
             return Err(Error::input(
@@ -318,9 +366,11 @@ impl BartModel {
         let mask = padding_mask(attention_mask, self.dtype)?;
         let mut h = self.embed(&self.encoder_embed, &self.encoder_positions, input_ids, 0)?;
         for l in &self.encoder_layers {
-            let a = l.self_attn.self_attention(&h, Some(&mask), None)?;
+            let a = l.self_attn.self_attention(&h, Some(&mask), None, None)?;
             h = l.self_attn_layer_norm.forward(&(h + a)?)?;
-            let f = l.fc2.forward(&self.activation.forward(&l.fc1.forward(&h)?)?)?;
+            let f = l
+                .fc2
+                .forward(&self.activation.forward(&l.fc1.forward(&h)?)?)?;
             h = l.final_layer_norm.forward(&(h + f)?)?;
         }
         Ok((h, mask))
@@ -330,17 +380,36 @@ impl BartModel {
     /// returns the final hidden states [rows, t, d].
     fn decode(&self, state: &mut BartState, tokens: &Tensor) -> Result<Tensor> {
         let (_, t) = tokens.dims2()?;
-        let mut h = self.embed(&self.decoder_embed, &self.decoder_positions, tokens, state.past)?;
-        let causal = if t > 1 { Some(causal_mask(t, state.past, self.dtype, &self.device)?) } else { None };
+        let mut h = self.embed(
+            &self.decoder_embed,
+            &self.decoder_positions,
+            tokens,
+            state.past,
+        )?;
+        let causal = if t > 1 {
+            Some(causal_mask(t, state.past, self.dtype, &self.device)?)
+        } else {
+            None
+        };
         for (i, l) in self.decoder_layers.iter().enumerate() {
-            let a = l.self_attn.self_attention(&h, causal.as_ref(), Some(&mut state.cache[i]))?;
+            let a = l.self_attn.self_attention(
+                &h,
+                causal.as_ref(),
+                Some(&mut state.cache[i]),
+                state.pending.as_deref(),
+            )?;
             h = l.self_attn_layer_norm.forward(&(h + a)?)?;
-            let c = l.encoder_attn.cross_attention(&h, &state.cross[i], &state.mask, state.group)?;
+            let c =
+                l.encoder_attn
+                    .cross_attention(&h, &state.cross[i], &state.mask, state.group)?;
             h = l.encoder_attn_layer_norm.forward(&(h + c)?)?;
-            let f = l.fc2.forward(&self.activation.forward(&l.fc1.forward(&h)?)?)?;
+            let f = l
+                .fc2
+                .forward(&self.activation.forward(&l.fc1.forward(&h)?)?)?;
             h = l.final_layer_norm.forward(&(h + f)?)?;
         }
         state.past += t;
+        state.pending = None;
         Ok(h)
     }
 
@@ -367,6 +436,7 @@ impl Seq2Seq for BartModel {
             cross,
             mask,
             cache: vec![None; self.decoder_layers.len()],
+            pending: None,
             group: 1,
             rows,
             past: 0,
@@ -376,33 +446,41 @@ impl Seq2Seq for BartModel {
     fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Vec<f32>> {
         let ids = Tensor::from_slice(tokens, (tokens.len(), 1), &self.device)?;
         let h = self.decode(state, &ids)?;
-        // [vocab, rows]: the LM head's fastest layout; transposed on the host.
-        let lt = to_f32(&self.lm_head.forward_transposed(&last_position(&h)?)?)?;
+        // [vocab, rows]: the LM head's fastest layout; transposed on the host,
+        // adding final_logits_bias on the way.
+        let lt = to_f32(
+            &self
+                .lm_head
+                .forward_transposed_no_bias(&last_position(&h)?)?,
+        )?;
         let (vocab, rows) = lt.dims2()?;
         let src = lt.flatten_all()?.to_vec1::<f32>()?;
-        Ok(transpose(&src, vocab, rows))
+        Ok(transpose_add(&src, vocab, rows, &self.logits_bias))
     }
 
     fn select_rows(&self, state: &mut BartState, rows: &[u32]) -> Result<()> {
         let g = state.group;
         if rows.len() % g != 0 {
             return Err(Error::setting(
-                format!("select_rows: {} rows is not a multiple of the group size {g}", rows.len()),
+                format!(
+                    "select_rows: {} rows is not a multiple of the group size {g}",
+                    rows.len()
+                ),
                 "this is a bug in the search code",
             ));
         }
-        let idx = Tensor::from_slice(rows, rows.len(), &self.device)?;
-        for slot in state.cache.iter_mut() {
-            if let Some(kv) = slot.as_ref() {
-                *slot = Some(kv.select(&idx)?);
-            }
-        }
+        state.owe_rows(rows);
         // Items kept, in order: the item of each group's first row.
         let items: Vec<u32> = rows.chunks(g).map(|c| c[0] / g as u32).collect();
-        let unchanged = items.len() * g == state.rows && items.iter().enumerate().all(|(i, &it)| it == i as u32);
+        let unchanged = items.len() * g == state.rows
+            && items.iter().enumerate().all(|(i, &it)| it == i as u32);
         if !unchanged {
             let item_idx = Tensor::from_slice(&items, items.len(), &self.device)?;
-            state.cross = state.cross.iter().map(|kv| kv.select(&item_idx)).collect::<Result<_>>()?;
+            state.cross = state
+                .cross
+                .iter()
+                .map(|kv| kv.select(&item_idx))
+                .collect::<Result<_>>()?;
             state.mask = state.mask.index_select(&item_idx, 0)?;
         }
         state.rows = rows.len();
@@ -411,13 +489,10 @@ impl Seq2Seq for BartModel {
 
     fn repeat_rows(&self, state: &mut BartState, n: usize) -> Result<()> {
         // Beams share their item's encoder K/V: only the per-row cache is repeated.
-        let rows: Vec<u32> = (0..state.rows as u32).flat_map(|r| std::iter::repeat_n(r, n)).collect();
-        let idx = Tensor::from_slice(&rows, rows.len(), &self.device)?;
-        for slot in state.cache.iter_mut() {
-            if let Some(kv) = slot.as_ref() {
-                *slot = Some(kv.select(&idx)?);
-            }
-        }
+        let rows: Vec<u32> = (0..state.rows as u32)
+            .flat_map(|r| std::iter::repeat_n(r, n))
+            .collect();
+        state.owe_rows(&rows);
         state.group *= n;
         state.rows = rows.len();
         Ok(())

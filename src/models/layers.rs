@@ -12,8 +12,72 @@ use candle_core::{DType, Module, Tensor};
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
+/// Up to this many queries per row, attention runs the CPU decode kernel.
+const FEW_QUERIES: usize = 4;
+
+/// `cat([old[reorder], new], dim 2)` for caches [rows, heads, len, hd], in one
+/// copy on the CPU (candle would copy twice: index_select, then cat).
+fn append_rows(old: &Tensor, reorder: Option<&[u32]>, new: &Tensor) -> Result<Tensor> {
+    let (_, h, len, hd) = old.dims4()?;
+    // The new rows: after a reorder the cache may have more (or fewer) old rows.
+    let (rows, _, t, _) = new.dims4()?;
+    if let (Some(o), Some(n)) = (CpuView::new(old), CpuView::new(new)) {
+        let (od, nd) = (o.slice(), n.slice());
+        let total = len + t;
+        let mut out = vec![0f32; rows * h * total * hd];
+        for (r, dst) in out.chunks_mut(h * total * hd).enumerate() {
+            let src_row = reorder.map_or(r, |idx| idx[r] as usize);
+            for head in 0..h {
+                let d = &mut dst[head * total * hd..(head + 1) * total * hd];
+                let o0 = (src_row * h + head) * len * hd;
+                d[..len * hd].copy_from_slice(&od[o0..o0 + len * hd]);
+                let n0 = (r * h + head) * t * hd;
+                d[len * hd..].copy_from_slice(&nd[n0..n0 + t * hd]);
+            }
+        }
+        return Ok(Tensor::from_vec(out, (rows, h, total, hd), old.device())?);
+    }
+    let old = match reorder {
+        Some(idx) => old.index_select(&Tensor::from_slice(idx, idx.len(), old.device())?, 0)?,
+        None => old.clone(),
+    };
+    Ok(Tensor::cat(&[&old, new], 2)?)
+}
+
+/// Read access to the f32 data of a contiguous CPU tensor.
+struct CpuView<'a> {
+    guard: Box<dyn std::ops::Deref<Target = candle_core::Storage> + 'a>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> CpuView<'a> {
+    /// None unless `t` is a contiguous f32 tensor on the CPU.
+    fn new(t: &'a Tensor) -> Option<Self> {
+        let (guard, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        match &*guard {
+            candle_core::Storage::Cpu(cpu) if cpu.as_slice::<f32>().is_ok() => Some(CpuView {
+                guard: Box::new(guard),
+                start,
+                end,
+            }),
+            _ => None,
+        }
+    }
+
+    fn slice(&self) -> &[f32] {
+        match &**self.guard {
+            candle_core::Storage::Cpu(cpu) => {
+                &cpu.as_slice::<f32>().expect("checked in new")[self.start..self.end]
+            }
+            _ => unreachable!("checked in new"),
+        }
+    }
+}
+
 /// Up to this many rows, `Linear` computes `(W·xᵀ)ᵀ` (see `Linear::forward`).
-const SMALL_BATCH_ROWS: usize = 32;
+const SMALL_BATCH_ROWS: usize = 128;
 
 /// `y = x W^T + b`, with W held by `QMatMul` so that f32/f16 and quantized
 /// weights share every model file.
@@ -27,7 +91,11 @@ impl Linear {
     /// Load `{prefix}.weight` [out, in] and `{prefix}.bias` [out].
     pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = w.matmul_weight("weight", out_dim, in_dim)?;
-        let bias = if bias { Some(w.get("bias", &[out_dim])?) } else { None };
+        let bias = if bias {
+            Some(w.get("bias", &[out_dim])?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 
@@ -43,10 +111,16 @@ impl Linear {
             .iter()
             .map(|p| match &p.weight {
                 QMatMul::Tensor(w) => Ok(w.clone()),
-                _ => Err(Error::setting("cannot fuse quantized projections", "load in full precision")),
+                _ => Err(Error::setting(
+                    "cannot fuse quantized projections",
+                    "load in full precision",
+                )),
             })
             .collect::<Result<Vec<_>>>()?;
-        let bs = parts.iter().map(|p| p.bias.clone()).collect::<Option<Vec<_>>>();
+        let bs = parts
+            .iter()
+            .map(|p| p.bias.clone())
+            .collect::<Option<Vec<_>>>();
         Ok(Linear {
             weight: QMatMul::Tensor(Tensor::cat(&ws, 0)?),
             bias: bs.map(|b| Tensor::cat(&b, 0)).transpose()?,
@@ -58,23 +132,32 @@ impl Linear {
         match &self.weight {
             QMatMul::Tensor(w) => Ok(Linear {
                 weight: QMatMul::Tensor(w.narrow(0, start, len)?),
-                bias: self.bias.as_ref().map(|b| b.narrow(0, start, len)).transpose()?,
+                bias: self
+                    .bias
+                    .as_ref()
+                    .map(|b| b.narrow(0, start, len))
+                    .transpose()?,
             }),
-            _ => Err(Error::setting("cannot slice quantized projections", "load in full precision")),
+            _ => Err(Error::setting(
+                "cannot slice quantized projections",
+                "load in full precision",
+            )),
         }
     }
 
-    /// `xᵀ`-major logits for the LM head: returns `W·xᵀ + b` as [out, rows], the
-    /// layout candle's gemm computes fastest for a huge `out` (1.6x at 16 rows).
-    pub fn forward_transposed(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
+    /// `W·xᵀ` as [out, rows], without the bias: the layout candle's gemm computes
+    /// fastest for a huge `out` (1.6x at 16 rows); the LM head adds its bias on
+    /// the host while transposing.
+    pub fn forward_transposed_no_bias(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match &self.weight {
             QMatMul::Tensor(w) if x.device().is_cpu() => w.matmul(&x.t()?)?,
             _ => self.weight.forward(x)?.t()?.contiguous()?,
-        };
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(&b.unsqueeze(1)?)?,
-            None => y,
         })
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 
     /// Apply to `[.., in]`; leading dimensions are flattened so that one GEMM runs.
@@ -169,7 +252,11 @@ pub fn sinusoidal_table(n_pos: usize, dim: usize) -> Vec<f32> {
         for j in 0..dim {
             // Column j of numpy's position_enc uses exponent 2*(j//2)/dim.
             let angle = |j: usize| pos as f64 / 10000f64.powf(2.0 * (j / 2) as f64 / dim as f64);
-            let v = if j < half { angle(2 * j).sin() } else { angle(2 * (j - half) + 1).cos() };
+            let v = if j < half {
+                angle(2 * j).sin()
+            } else {
+                angle(2 * (j - half) + 1).cos()
+            };
             out[pos * dim + j] = v as f32;
         }
     }
@@ -237,7 +324,9 @@ impl Attention {
     /// [b, t, d] -> [b, heads, t, head_dim]
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        Ok(x.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        Ok(x.reshape((b, t, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
     }
 
     /// Keys and values of `x` ([b, s, d]), for cross-attention.
@@ -254,6 +343,11 @@ impl Attention {
     /// q: [b, heads, t, hd]; kv: [b, heads, s, hd]; mask broadcastable to [b, heads, t, s].
     fn attend(&self, q: &Tensor, kv: &KeyValue, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, _, t, _) = q.dims4()?;
+        if t <= FEW_QUERIES {
+            if let Some(out) = self.attend_few_cpu(q, kv, mask)? {
+                return self.o.forward(&out);
+            }
+        }
         let scores = (q.matmul(&kv.k.t()?)? * self.scaling)?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
@@ -261,17 +355,81 @@ impl Attention {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&kv.v)?; // [b, heads, t, hd]
-        let ctx = ctx.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        let ctx = ctx
+            .transpose(1, 2)?
+            .reshape((b, t, self.heads * self.head_dim))?;
         self.o.forward(&ctx)
     }
 
+    /// Decoding attention (a few queries per row) on CPU f32 through
+    /// `kernels::attend_rows`, in parallel over rows: candle would run one gemm
+    /// call per row and head, whose fixed cost dominates these tiny products.
+    /// Returns the context [b, t, d] before the out projection, or None when the
+    /// tensors are not contiguous f32 on the CPU (then the matmul path runs).
+    fn attend_few_cpu(
+        &self,
+        q: &Tensor,
+        kv: &KeyValue,
+        mask: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        use rayon::prelude::*;
+        if !q.device().is_cpu() || q.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let (b, h, t, hd) = q.dims4()?;
+        let s = kv.k.dim(2)?;
+        let scale = self.scaling as f32;
+        let mask = match mask {
+            Some(m) if m.dims() == [b, 1, 1, s] => Some(m.contiguous()?),
+            Some(_) => return Ok(None),
+            None => None,
+        };
+        let (Some(qv), Some(kv_), Some(vv)) =
+            (CpuView::new(q), CpuView::new(&kv.k), CpuView::new(&kv.v))
+        else {
+            return Ok(None);
+        };
+        let mv = match &mask {
+            Some(m) => match CpuView::new(m) {
+                Some(v) => Some(v),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let (qd, kd, vd) = (qv.slice(), kv_.slice(), vv.slice());
+        let md = mv.as_ref().map(CpuView::slice);
+        let mut out = vec![0f32; b * t * h * hd];
+        out.par_chunks_mut(t * h * hd)
+            .enumerate()
+            .for_each(|(bi, o)| {
+                let mut scores = vec![0f32; s];
+                crate::kernels::attend_rows(
+                    &qd[bi * h * t * hd..(bi + 1) * h * t * hd],
+                    &kd[bi * h * s * hd..(bi + 1) * h * s * hd],
+                    &vd[bi * h * s * hd..(bi + 1) * h * s * hd],
+                    md.map(|m| &m[bi * s..(bi + 1) * s]),
+                    h,
+                    t,
+                    s,
+                    hd,
+                    scale,
+                    &mut scores,
+                    o,
+                );
+            });
+        Ok(Some(Tensor::from_vec(out, (b, t, h * hd), q.device())?))
+    }
+
     /// Self-attention over `x` ([b, t, d]); with `cache`, new K/V are appended to it
-    /// and the queries attend to everything cached.
+    /// and the queries attend to everything cached. `reorder` (row i of the cache
+    /// becomes old row `reorder[i]`) is a beam reorder still owed to the cache: it
+    /// is applied in the same copy as the append.
     pub fn self_attention(
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<&mut Option<KeyValue>>,
+        reorder: Option<&[u32]>,
     ) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
         let d = self.heads * self.head_dim;
@@ -284,8 +442,8 @@ impl Attention {
             Some(slot) => {
                 let kv = match slot.take() {
                     Some(old) => KeyValue {
-                        k: Tensor::cat(&[&old.k, &new.k], 2)?,
-                        v: Tensor::cat(&[&old.v, &new.v], 2)?,
+                        k: append_rows(&old.k, reorder, &new.k)?,
+                        v: append_rows(&old.v, reorder, &new.v)?,
                     },
                     None => new,
                 };
@@ -301,7 +459,13 @@ impl Attention {
     /// ([items, heads, s, hd]), where rows = items * group. The `group` rows of an
     /// item (its beams) are folded into the query length, so beams share one copy
     /// of the encoder K/V instead of each carrying its own.
-    pub fn cross_attention(&self, x: &Tensor, kv: &KeyValue, mask: &Tensor, group: usize) -> Result<Tensor> {
+    pub fn cross_attention(
+        &self,
+        x: &Tensor,
+        kv: &KeyValue,
+        mask: &Tensor,
+        group: usize,
+    ) -> Result<Tensor> {
         let (rows, t, d) = x.dims3()?;
         let items = rows / group;
         let q = self.q.forward(x)?.reshape((items, group * t, d))?;
@@ -327,7 +491,12 @@ pub fn padding_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
 }
 
 /// Causal mask [t, past + t] for a decoder fed `t` tokens after `past` cached ones.
-pub fn causal_mask(t: usize, past: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+pub fn causal_mask(
+    t: usize,
+    past: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let total = past + t;
     let data: Vec<f32> = (0..t)
         .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::MIN } else { 0.0 }))
@@ -337,7 +506,11 @@ pub fn causal_mask(t: usize, past: usize, dtype: DType, device: &candle_core::De
 
 /// Logits leave the model as f32 whatever the weights' dtype, as transformers does.
 pub fn to_f32(x: &Tensor) -> Result<Tensor> {
-    Ok(if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? })
+    Ok(if x.dtype() == DType::F32 {
+        x.clone()
+    } else {
+        x.to_dtype(DType::F32)?
+    })
 }
 
 /// Last position of [b, t, d] as [b, d].

@@ -38,7 +38,9 @@ pub trait Seq2Seq {
     /// Expand each row `n` times, consecutively (row r becomes rows r*n .. r*n+n).
     fn repeat_rows(&self, state: &mut Self::State, n: usize) -> Result<()> {
         let rows = self.rows(state);
-        let idx: Vec<u32> = (0..rows as u32).flat_map(|r| std::iter::repeat_n(r, n)).collect();
+        let idx: Vec<u32> = (0..rows as u32)
+            .flat_map(|r| std::iter::repeat_n(r, n))
+            .collect();
         self.select_rows(state, &idx)
     }
 

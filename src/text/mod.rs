@@ -9,8 +9,9 @@
 
 /// Abbreviations after which a period does not end a sentence.
 const ABBREVIATIONS: &[&str] = &[
-    "M", "MM", "Mme", "Mmes", "Mlle", "Dr", "Pr", "Me", "St", "Ste", "etc", "cf", "av", "apr", "J.-C", "p", "vol",
-    "n°", "No", "Mr", "Mrs", "Ms", "Prof", "Gen", "Gén", "Col", "Lt", "Sgt", "Jr", "Sr", "vs",
+    "M", "MM", "Mme", "Mmes", "Mlle", "Dr", "Pr", "Me", "St", "Ste", "etc", "cf", "av", "apr",
+    "J.-C", "p", "vol", "n°", "No", "Mr", "Mrs", "Ms", "Prof", "Gen", "Gén", "Col", "Lt", "Sgt",
+    "Jr", "Sr", "vs",
 ];
 
 fn is_closing(c: char) -> bool {
@@ -28,7 +29,9 @@ pub fn split_sentences(text: &str) -> Vec<&str> {
         if matches!(c, '.' | '!' | '?' | '…') {
             // Swallow runs of terminators and closing quotes.
             let mut j = i + 1;
-            while j < chars.len() && (matches!(chars[j].1, '.' | '!' | '?' | '…') || is_closing(chars[j].1)) {
+            while j < chars.len()
+                && (matches!(chars[j].1, '.' | '!' | '?' | '…') || is_closing(chars[j].1))
+            {
                 j += 1;
             }
             // A sentence ends only before whitespace followed by a plausible start.
@@ -39,10 +42,16 @@ pub fn split_sentences(text: &str) -> Vec<&str> {
             let at_space = k > j;
             let next_starts = k < chars.len() && {
                 let n = chars[k].1;
-                n.is_uppercase() || n.is_numeric() || matches!(n, '«' | '“' | '"' | '—' | '–' | '-' | '(')
+                n.is_uppercase()
+                    || n.is_numeric()
+                    || matches!(n, '«' | '“' | '"' | '—' | '–' | '-' | '(')
             };
             if at_space && next_starts && !(c == '.' && is_abbreviation(text, &chars, start, i)) {
-                let end = if j < chars.len() { chars[j].0 } else { text.len() };
+                let end = if j < chars.len() {
+                    chars[j].0
+                } else {
+                    text.len()
+                };
                 let s = text[chars_offset(&chars, start, text)..end].trim();
                 if !s.is_empty() {
                     out.push(s);

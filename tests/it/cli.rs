@@ -6,13 +6,24 @@ use crate::harness::{assert_lines_eq, fixture_model, golden, transum, u32s, Temp
 
 fn greedy_golden(name: &str) -> Vec<(String, String)> {
     let g = golden(name);
-    let run = g["runs"].as_array().unwrap().iter().find(|r| r["label"] == "greedy").unwrap().clone();
+    let run = g["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["label"] == "greedy")
+        .unwrap()
+        .clone();
     assert_eq!(run["settings"]["max_new_tokens"], Value::from(24));
     run["outputs"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|o| (o["text"].as_str().unwrap().to_string(), o["decoded"].as_str().unwrap().to_string()))
+        .map(|o| {
+            (
+                o["text"].as_str().unwrap().to_string(),
+                o["decoded"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -21,17 +32,42 @@ fn translate_lines_keeps_line_structure_and_matches_goldens() {
     let dir = TempDir::new("lines");
     let pairs: Vec<(String, String)> = greedy_golden("marian-a").into_iter().take(6).collect();
     // Empty and whitespace-only lines stay empty; every other line is one unit.
-    let input = format!("{}\n\n{}\n   \n{}\n{}\n{}\n{}\n", pairs[0].0, pairs[1].0, pairs[2].0, pairs[3].0, pairs[4].0, pairs[5].0);
+    let input = format!(
+        "{}\n\n{}\n   \n{}\n{}\n{}\n{}\n",
+        pairs[0].0, pairs[1].0, pairs[2].0, pairs[3].0, pairs[4].0, pairs[5].0
+    );
     std::fs::write(dir.path().join("in.txt"), &input).unwrap();
     let model = fixture_model("marian-a");
     let out = transum(
         dir.path(),
-        &["translate", "in.txt", "--model", model.to_str().unwrap(), "--beams", "1", "--max-new-tokens", "24", "--batch-tokens", "64"],
+        &[
+            "translate",
+            "in.txt",
+            "--model",
+            model.to_str().unwrap(),
+            "--beams",
+            "1",
+            "--max-new-tokens",
+            "24",
+            "--batch-tokens",
+            "64",
+        ],
         None,
     );
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let want = format!("{}\n\n{}\n\n{}\n{}\n{}\n{}\n", pairs[0].1, pairs[1].1, pairs[2].1, pairs[3].1, pairs[4].1, pairs[5].1);
-    assert_lines_eq("translate --segment lines", &want, &String::from_utf8(out.stdout).unwrap());
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = format!(
+        "{}\n\n{}\n\n{}\n{}\n{}\n{}\n",
+        pairs[0].1, pairs[1].1, pairs[2].1, pairs[3].1, pairs[4].1, pairs[5].1
+    );
+    assert_lines_eq(
+        "translate --segment lines",
+        &want,
+        &String::from_utf8(out.stdout).unwrap(),
+    );
 }
 
 #[test]
@@ -40,9 +76,30 @@ fn translate_reads_stdin_with_bom_and_crlf() {
     let pairs = greedy_golden("marian-a");
     let input = format!("\u{feff}{}\r\n{}\r\n", pairs[0].0, pairs[1].0);
     let model = fixture_model("marian-a");
-    let out = transum(dir.path(), &["translate", "-", "-m", model.to_str().unwrap(), "--beams", "1", "--max-new-tokens", "24"], Some(&input));
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert_lines_eq("stdin", &format!("{}\n{}\n", pairs[0].1, pairs[1].1), &String::from_utf8(out.stdout).unwrap());
+    let out = transum(
+        dir.path(),
+        &[
+            "translate",
+            "-",
+            "-m",
+            model.to_str().unwrap(),
+            "--beams",
+            "1",
+            "--max-new-tokens",
+            "24",
+        ],
+        Some(&input),
+    );
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_lines_eq(
+        "stdin",
+        &format!("{}\n{}\n", pairs[0].1, pairs[1].1),
+        &String::from_utf8(out.stdout).unwrap(),
+    );
 }
 
 #[test]
@@ -50,21 +107,44 @@ fn translate_sentences_joins_sentences_on_their_line() {
     let dir = TempDir::new("sentences");
     let pairs = greedy_golden("marian-a");
     // Two golden sentences on one line come back as their two translations on one line.
-    let (a, b) = pairs.iter().map(|p| p.clone()).filter(|(s, _)| s.ends_with('.')).fold((None, None), |acc, p| match acc {
-        (None, _) => (Some(p), None),
-        (Some(x), None) => (Some(x), Some(p)),
-        done => done,
-    });
+    let (a, b) = pairs
+        .iter()
+        .map(|p| p.clone())
+        .filter(|(s, _)| s.ends_with('.'))
+        .fold((None, None), |acc, p| match acc {
+            (None, _) => (Some(p), None),
+            (Some(x), None) => (Some(x), Some(p)),
+            done => done,
+        });
     let (a, b) = (a.unwrap(), b.unwrap());
     let input = format!("{} {}\n", a.0, b.0);
     let model = fixture_model("marian-a");
     let out = transum(
         dir.path(),
-        &["translate", "-", "-m", model.to_str().unwrap(), "--beams", "1", "--max-new-tokens", "24", "--segment", "sentences"],
+        &[
+            "translate",
+            "-",
+            "-m",
+            model.to_str().unwrap(),
+            "--beams",
+            "1",
+            "--max-new-tokens",
+            "24",
+            "--segment",
+            "sentences",
+        ],
         Some(&input),
     );
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert_lines_eq("sentences", &format!("{} {}\n", a.1, b.1), &String::from_utf8(out.stdout).unwrap());
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_lines_eq(
+        "sentences",
+        &format!("{} {}\n", a.1, b.1),
+        &String::from_utf8(out.stdout).unwrap(),
+    );
 }
 
 #[test]
@@ -76,27 +156,58 @@ fn setup_errors_exit_2_and_say_what_to_do() {
     for f in ["config.json", "source.spm", "target.spm", "vocab.json"] {
         std::fs::copy(fixture_model("marian-a").join(f), empty.join(f)).unwrap();
     }
-    let out = transum(dir.path(), &["translate", "-", "-m", empty.to_str().unwrap()], Some("Bonjour.\n"));
+    let out = transum(
+        dir.path(),
+        &["translate", "-", "-m", empty.to_str().unwrap()],
+        Some("Bonjour.\n"),
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("empty-model") && err.contains("pytorch_model.bin") && err.contains("hint"), "{err}");
+    assert!(
+        err.contains("empty-model") && err.contains("pytorch_model.bin") && err.contains("hint"),
+        "{err}"
+    );
 
     // A hub model not in the cache, offline.
-    let out = transum(dir.path(), &["translate", "-", "-m", "Helsinki-NLP/opus-mt-fr-en", "--offline"], Some("Bonjour.\n"));
+    let out = transum(
+        dir.path(),
+        &[
+            "translate",
+            "-",
+            "-m",
+            "Helsinki-NLP/opus-mt-fr-en",
+            "--offline",
+        ],
+        Some("Bonjour.\n"),
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("transum download Helsinki-NLP/opus-mt-fr-en"), "{err}");
+    assert!(
+        err.contains("transum download Helsinki-NLP/opus-mt-fr-en"),
+        "{err}"
+    );
 
     // Invalid UTF-8 input names the file and the fix.
     std::fs::write(dir.path().join("latin1.txt"), b"caf\xe9\n").unwrap();
     let model = fixture_model("marian-a");
-    let out = transum(dir.path(), &["translate", "latin1.txt", "-m", model.to_str().unwrap()], None);
+    let out = transum(
+        dir.path(),
+        &["translate", "latin1.txt", "-m", model.to_str().unwrap()],
+        None,
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("latin1.txt") && err.contains("UTF-8") && err.contains("iconv"), "{err}");
+    assert!(
+        err.contains("latin1.txt") && err.contains("UTF-8") && err.contains("iconv"),
+        "{err}"
+    );
 
     // A bad flag value is a usage error.
-    let out = transum(dir.path(), &["translate", "-", "--segment", "paragraphs"], Some(""));
+    let out = transum(
+        dir.path(),
+        &["translate", "-", "--segment", "paragraphs"],
+        Some(""),
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("lines"));
 }
@@ -112,19 +223,39 @@ fn corrupt_and_mismatched_weights_name_the_tensor_or_file() {
         std::fs::copy(e.path(), bad.join(e.file_name())).unwrap();
     }
     // Weights of marian-c under marian-a's config: shapes disagree.
-    std::fs::copy(fixture_model("marian-c").join("model.safetensors"), bad.join("model.safetensors")).unwrap();
-    let out = transum(dir.path(), &["translate", "-", "-m", bad.to_str().unwrap()], Some("Bonjour.\n"));
+    std::fs::copy(
+        fixture_model("marian-c").join("model.safetensors"),
+        bad.join("model.safetensors"),
+    )
+    .unwrap();
+    let out = transum(
+        dir.path(),
+        &["translate", "-", "-m", bad.to_str().unwrap()],
+        Some("Bonjour.\n"),
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("model.safetensors") && err.contains("tensor `model.") && err.contains("expected"), "{err}");
+    assert!(
+        err.contains("model.safetensors")
+            && err.contains("tensor `model.")
+            && err.contains("expected"),
+        "{err}"
+    );
 
     // A truncated weight file.
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     std::fs::write(bad.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    let out = transum(dir.path(), &["translate", "-", "-m", bad.to_str().unwrap()], Some("Bonjour.\n"));
+    let out = transum(
+        dir.path(),
+        &["translate", "-", "-m", bad.to_str().unwrap()],
+        Some("Bonjour.\n"),
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("model.safetensors") && err.contains("corrupt"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("corrupt"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -138,10 +269,28 @@ fn pytorch_bin_checkpoint_loads_by_name() {
     let dir = TempDir::new("bin");
     let out = transum(
         dir.path(),
-        &["translate", "-", "-m", model.to_str().unwrap(), "--beams", "1", "--max-new-tokens", "20", "--min-new-tokens", "6"],
+        &[
+            "translate",
+            "-",
+            "-m",
+            model.to_str().unwrap(),
+            "--beams",
+            "1",
+            "--max-new-tokens",
+            "20",
+            "--min-new-tokens",
+            "6",
+        ],
         Some(&format!("{}\n", o["text"].as_str().unwrap())),
     );
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end(), o["decoded"].as_str().unwrap());
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim_end(),
+        o["decoded"].as_str().unwrap()
+    );
     assert!(u32s(&o["ids"]).len() > 7);
 }

@@ -21,12 +21,18 @@ pub fn fixture_model(name: &str) -> PathBuf {
 }
 
 pub fn golden(name: &str) -> Value {
-    let p = repo().join("tests/fixtures/goldens").join(format!("{name}.json"));
+    let p = repo()
+        .join("tests/fixtures/goldens")
+        .join(format!("{name}.json"));
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
 pub fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Generation overrides from a golden run's `settings` (transformers kwargs).
@@ -37,7 +43,10 @@ pub fn overrides(settings: &Value) -> GenerationOverrides {
         max_length: u("max_length"),
         max_new_tokens: u("max_new_tokens"),
         min_new_tokens: u("min_new_tokens"),
-        length_penalty: settings.get("length_penalty").and_then(Value::as_f64).map(|x| x as f32),
+        length_penalty: settings
+            .get("length_penalty")
+            .and_then(Value::as_f64)
+            .map(|x| x as f32),
         early_stopping: settings.get("early_stopping").map(|v| match v {
             Value::Bool(true) => EarlyStopping::Always,
             Value::Bool(false) => EarlyStopping::Heuristic,
@@ -70,7 +79,10 @@ impl TempDir {
         let p = std::env::temp_dir().join(format!(
             "transum-it-{tag}-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
         ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -90,8 +102,13 @@ impl Drop for TempDir {
 pub fn transum(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_transum"));
-    cmd.args(args).current_dir(dir).env_remove("RUST_LOG").env("HF_HUB_OFFLINE", "1");
-    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("HF_HUB_OFFLINE", "1");
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     {
         let mut sin = child.stdin.take().unwrap();
@@ -109,7 +126,10 @@ pub fn assert_lines_eq(what: &str, expected: &str, actual: &str) {
     }
     let e: Vec<&str> = expected.lines().collect();
     let a: Vec<&str> = actual.lines().collect();
-    let mut report = format!("{what}: output differs\n{:<60} | {}\n", "expected", "actual");
+    let mut report = format!(
+        "{what}: output differs\n{:<60} | {}\n",
+        "expected", "actual"
+    );
     for i in 0..e.len().max(a.len()) {
         let l = e.get(i).copied().unwrap_or("<missing>");
         let r = a.get(i).copied().unwrap_or("<missing>");

@@ -29,7 +29,13 @@ fn tokenizer_ids_match_transformers() {
                 bad.push(format!("{text:?}\n    want {want:?}\n    got  {got:?}"));
             }
         }
-        assert!(bad.is_empty(), "{name}: {} of {} tokenizations differ:\n{}", bad.len(), cases.len(), bad.join("\n"));
+        assert!(
+            bad.is_empty(),
+            "{name}: {} of {} tokenizations differ:\n{}",
+            bad.len(),
+            cases.len(),
+            bad.join("\n")
+        );
         assert!(cases.len() > 100, "goldens cover the corpus and edge cases");
     }
 }
@@ -40,7 +46,11 @@ fn decoded_text_matches_transformers() {
         let tok = MarianTokenizer::from_dir(&fixture_model(name)).unwrap();
         for case in golden(name)["decode"].as_array().unwrap() {
             let ids = u32s(&case["ids"]);
-            assert_eq!(tok.decode(&ids), case["text"].as_str().unwrap(), "{name}: decode({ids:?})");
+            assert_eq!(
+                tok.decode(&ids),
+                case["text"].as_str().unwrap(),
+                "{name}: decode({ids:?})"
+            );
         }
     }
 }
@@ -53,14 +63,30 @@ fn first_step_logits_match_transformers() {
             let ids = t.tokenizer.encode(case["text"].as_str().unwrap()).unwrap();
             let n = ids.len();
             let input = Tensor::from_vec(ids, (1, n), &candle_core::Device::Cpu).unwrap();
-            let mask = Tensor::ones((1, n), candle_core::DType::U32, &candle_core::Device::Cpu).unwrap();
+            let mask =
+                Tensor::ones((1, n), candle_core::DType::U32, &candle_core::Device::Cpu).unwrap();
             let mut state = t.model.start(&input, &mask).unwrap();
-            let logits = t.model.step(&mut state, &[t.options.decoder_start_token_id]).unwrap();
+            let logits = t
+                .model
+                .step(&mut state, &[t.options.decoder_start_token_id])
+                .unwrap();
             let got: Vec<f32> = logits;
-            let want: Vec<f32> = case["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let want: Vec<f32> = case["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
             assert_eq!(got.len(), want.len(), "{name}: vocab size");
-            let max_diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(max_diff <= 1e-4, "{name}: first-step logits differ by {max_diff} (> 1e-4)");
+            let max_diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                max_diff <= 1e-4,
+                "{name}: first-step logits differ by {max_diff} (> 1e-4)"
+            );
         }
     }
 }
@@ -79,7 +105,10 @@ fn greedy_and_beam_outputs_match_transformers() {
             let ov = overrides(&run["settings"]);
             let t = translator(name, &ov);
             let outputs = run["outputs"].as_array().unwrap();
-            let texts: Vec<&str> = outputs.iter().map(|o| o["text"].as_str().unwrap()).collect();
+            let texts: Vec<&str> = outputs
+                .iter()
+                .map(|o| o["text"].as_str().unwrap())
+                .collect();
             // Batched as a real run would be: padding and batch composition must not matter.
             let got = t.translate(&texts).unwrap();
             let mut exact = 0;
@@ -93,8 +122,14 @@ fn greedy_and_beam_outputs_match_transformers() {
                 match first_divergence(&want, &mine) {
                     None => {
                         exact += 1;
-                        assert_eq!(tr.text, o["decoded"].as_str().unwrap(), "{name}/{label}: decoded text");
-                        if let (Some(s), Some(w)) = (tr.hypothesis.score, o.get("score").and_then(Value::as_f64)) {
+                        assert_eq!(
+                            tr.text,
+                            o["decoded"].as_str().unwrap(),
+                            "{name}/{label}: decoded text"
+                        );
+                        if let (Some(s), Some(w)) =
+                            (tr.hypothesis.score, o.get("score").and_then(Value::as_f64))
+                        {
                             score_diff = score_diff.max((s as f64 - w).abs() / w.abs().max(1.0));
                         }
                     }
@@ -102,16 +137,34 @@ fn greedy_and_beam_outputs_match_transformers() {
                         // ids[0] is the start token: generated token k sits at ids[k + 1]
                         // and was chosen at step k, whose reference margin is gaps[k].
                         let margin = match o.get("gaps") {
-                            Some(gaps) => gaps.as_array().unwrap()[step - 1].as_f64().unwrap() as f32,
+                            Some(gaps) => {
+                                gaps.as_array().unwrap()[step - 1].as_f64().unwrap() as f32
+                            }
                             None => tr.hypothesis.min_margin,
                         };
-                        let line = format!("{:?}\n    want {want:?}\n    got  {mine:?} (margin {margin})", o["text"]);
-                        if margin < NEAR_TIE { near_tie.push(line) } else { wrong.push(line) }
+                        let line = format!(
+                            "{:?}\n    want {want:?}\n    got  {mine:?} (margin {margin})",
+                            o["text"]
+                        );
+                        if margin < NEAR_TIE {
+                            near_tie.push(line)
+                        } else {
+                            wrong.push(line)
+                        }
                     }
                 }
             }
-            assert!(wrong.is_empty(), "{name}/{label}: {} outputs differ from transformers:\n{}", wrong.len(), wrong.join("\n"));
-            assert!(near_tie.len() * 50 <= outputs.len(), "{name}/{label}: too many near-tie divergences:\n{}", near_tie.join("\n"));
+            assert!(
+                wrong.is_empty(),
+                "{name}/{label}: {} outputs differ from transformers:\n{}",
+                wrong.len(),
+                wrong.join("\n")
+            );
+            assert!(
+                near_tie.len() * 50 <= outputs.len(),
+                "{name}/{label}: too many near-tie divergences:\n{}",
+                near_tie.join("\n")
+            );
             assert!(exact >= outputs.len() - near_tie.len());
             eprintln!(
                 "{name}/{label}: {exact}/{} identical, {} near-tie divergences, max relative beam-score difference {score_diff:.2e}",
@@ -119,7 +172,10 @@ fn greedy_and_beam_outputs_match_transformers() {
                 near_tie.len()
             );
             // Scores sum up to max_new_tokens log-probabilities of f32 logits.
-            assert!(score_diff <= 1e-4, "{name}/{label}: beam scores differ by {score_diff:.2e} (relative)");
+            assert!(
+                score_diff <= 1e-4,
+                "{name}/{label}: beam scores differ by {score_diff:.2e} (relative)"
+            );
         }
     }
 }
@@ -132,20 +188,38 @@ fn goldens_are_not_degenerate() {
             let outs = run["outputs"].as_array().unwrap();
             let distinct: Vec<usize> = outs
                 .iter()
-                .map(|o| u32s(&o["ids"]).into_iter().collect::<std::collections::HashSet<_>>().len())
+                .map(|o| {
+                    u32s(&o["ids"])
+                        .into_iter()
+                        .collect::<std::collections::HashSet<_>>()
+                        .len()
+                })
                 .collect();
             let mean = distinct.iter().sum::<usize>() as f64 / distinct.len() as f64;
-            assert!(mean >= 3.0, "{name}/{}: mean distinct tokens {mean}", run["label"]);
-            let unique_outputs: std::collections::HashSet<Vec<u32>> = outs.iter().map(|o| u32s(&o["ids"])).collect();
-            assert!(unique_outputs.len() * 5 >= outs.len() * 2, "{name}: outputs are mostly identical");
+            assert!(
+                mean >= 3.0,
+                "{name}/{}: mean distinct tokens {mean}",
+                run["label"]
+            );
+            let unique_outputs: std::collections::HashSet<Vec<u32>> =
+                outs.iter().map(|o| u32s(&o["ids"])).collect();
+            assert!(
+                unique_outputs.len() * 5 >= outs.len() * 2,
+                "{name}: outputs are mostly identical"
+            );
         }
     }
 }
 
 fn mixed_batch(name: &str) -> Vec<String> {
     let g = golden(name);
-    let mut texts: Vec<String> =
-        g["tokenizer"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_string()).filter(|t| !t.trim().is_empty()).collect();
+    let mut texts: Vec<String> = g["tokenizer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .filter(|t| !t.trim().is_empty())
+        .collect();
     texts.sort_by_key(|t| t.len());
     // Eight sentences from the shortest to the longest.
     let n = texts.len();
@@ -156,9 +230,19 @@ fn mixed_batch(name: &str) -> Vec<String> {
 fn batch_of_eight_equals_one_at_a_time() {
     for name in MODELS {
         for beams in [1usize, 4] {
-            let t = translator(name, &GenerationOverrides { num_beams: Some(beams), max_new_tokens: Some(20), ..Default::default() });
+            let t = translator(
+                name,
+                &GenerationOverrides {
+                    num_beams: Some(beams),
+                    max_new_tokens: Some(20),
+                    ..Default::default()
+                },
+            );
             let texts = mixed_batch(name);
-            let ids: Vec<Vec<u32>> = texts.iter().map(|s| t.tokenizer.encode(s).unwrap()).collect();
+            let ids: Vec<Vec<u32>> = texts
+                .iter()
+                .map(|s| t.tokenizer.encode(s).unwrap())
+                .collect();
             let lens: std::collections::HashSet<usize> = ids.iter().map(Vec::len).collect();
             assert!(lens.len() >= 6, "the batch mixes lengths");
             let batched = t.generate_ids(&ids).unwrap();
@@ -175,7 +259,14 @@ fn batch_of_eight_equals_one_at_a_time() {
 #[test]
 fn translating_a_then_b_gives_b_alone() {
     for name in MODELS {
-        let t = translator(name, &GenerationOverrides { num_beams: Some(4), max_new_tokens: Some(16), ..Default::default() });
+        let t = translator(
+            name,
+            &GenerationOverrides {
+                num_beams: Some(4),
+                max_new_tokens: Some(16),
+                ..Default::default()
+            },
+        );
         let texts = mixed_batch(name);
         let (a, b) = (texts[7].as_str(), texts[2].as_str());
         let b_alone = t.translate(&[b]).unwrap();
@@ -183,7 +274,10 @@ fn translating_a_then_b_gives_b_alone() {
         let b_after = t.translate(&[b]).unwrap();
         assert_eq!(b_alone, b_after, "{name}: state leaked from A into B");
         let both = t.translate(&[a, b]).unwrap();
-        assert_eq!(both[1].hypothesis.tokens, b_alone[0].hypothesis.tokens, "{name}: B inside a batch with A");
+        assert_eq!(
+            both[1].hypothesis.tokens, b_alone[0].hypothesis.tokens,
+            "{name}: B inside a batch with A"
+        );
     }
 }
 
@@ -191,12 +285,23 @@ fn translating_a_then_b_gives_b_alone() {
 fn pad_is_never_generated() {
     for name in MODELS {
         for beams in [1usize, 3] {
-            let t = translator(name, &GenerationOverrides { num_beams: Some(beams), max_new_tokens: Some(12), ..Default::default() });
+            let t = translator(
+                name,
+                &GenerationOverrides {
+                    num_beams: Some(beams),
+                    max_new_tokens: Some(12),
+                    ..Default::default()
+                },
+            );
             let pad = t.tokenizer.pad_id();
             let texts = mixed_batch(name);
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             for tr in t.translate(&refs).unwrap() {
-                assert!(!tr.hypothesis.tokens.contains(&pad), "{name}: pad generated in {:?}", tr.hypothesis.tokens);
+                assert!(
+                    !tr.hypothesis.tokens.contains(&pad),
+                    "{name}: pad generated in {:?}",
+                    tr.hypothesis.tokens
+                );
             }
         }
     }
@@ -210,6 +315,13 @@ fn checkpoint_generation_settings_are_used() {
     assert_eq!(t.options.max_length, 512);
     assert_eq!(t.options.bad_words_ids, vec![vec![t.tokenizer.pad_id()]]);
     assert_eq!(t.options.forced_eos_token_ids, vec![0]);
-    let t = translator("marian-a", &GenerationOverrides { num_beams: Some(1), max_new_tokens: Some(5), ..Default::default() });
+    let t = translator(
+        "marian-a",
+        &GenerationOverrides {
+            num_beams: Some(1),
+            max_new_tokens: Some(5),
+            ..Default::default()
+        },
+    );
     assert_eq!((t.options.num_beams, t.options.max_length), (1, 6));
 }

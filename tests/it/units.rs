@@ -9,15 +9,28 @@ fn batches_respect_budget_and_restore_order() {
     let plan = batch::plan(&lengths, 80, 4);
     let mut seen: Vec<usize> = plan.iter().flatten().copied().collect();
     seen.sort();
-    assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>(), "every item exactly once");
+    assert_eq!(
+        seen,
+        (0..lengths.len()).collect::<Vec<_>>(),
+        "every item exactly once"
+    );
     for b in &plan {
         let longest = b.iter().map(|&i| lengths[i]).max().unwrap();
-        assert!(b.len() == 1 || b.len() * longest <= 80, "batch {b:?} over budget");
+        assert!(
+            b.len() == 1 || b.len() * longest <= 80,
+            "batch {b:?} over budget"
+        );
         assert!(b.len() <= 4);
     }
     assert_eq!(plan[0], vec![6], "the over-long item runs alone, first");
-    let results: Vec<Vec<usize>> = plan.iter().map(|b| b.iter().map(|&i| lengths[i] * 10).collect()).collect();
-    assert_eq!(batch::restore(lengths.len(), &plan, results), lengths.iter().map(|l| l * 10).collect::<Vec<_>>());
+    let results: Vec<Vec<usize>> = plan
+        .iter()
+        .map(|b| b.iter().map(|&i| lengths[i] * 10).collect())
+        .collect();
+    assert_eq!(
+        batch::restore(lengths.len(), &plan, results),
+        lengths.iter().map(|l| l * 10).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -33,7 +46,13 @@ fn french_sentences_split_where_they_end() {
             "Pourquoi ?",
         ]
     );
-    assert_eq!(split_sentences("Selon J. Smith et Mme. Dupont, rien."), vec!["Selon J. Smith et Mme. Dupont, rien."]);
+    assert_eq!(
+        split_sentences("Selon J. Smith et Mme. Dupont, rien."),
+        vec!["Selon J. Smith et Mme. Dupont, rien."]
+    );
     assert_eq!(split_sentences("  "), Vec::<&str>::new());
-    assert_eq!(split_sentences("Pas de point final"), vec!["Pas de point final"]);
+    assert_eq!(
+        split_sentences("Pas de point final"),
+        vec!["Pas de point final"]
+    );
 }

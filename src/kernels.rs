@@ -1,0 +1,208 @@
+//! Small CPU kernels for the decode hot path, where candle's general ops cost
+//! more in dispatch than in arithmetic: single-query attention (one gemm call
+//! per row and head in candle) and row-wise log-softmax over the vocabulary.
+//!
+//! The crate is built for baseline x86-64, so each kernel is compiled twice:
+//! plain, and with AVX2+FMA enabled, picked at run time. The loops are written
+//! with independent accumulators so that LLVM vectorizes them; results agree
+//! with torch to float32 rounding (summation order differs).
+
+#[inline(always)]
+fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Exact-enough `exp` that vectorizes: Cephes' expf (2^k * poly(r)), ~1 ulp.
+#[inline(always)]
+fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.336_55).min(88.376_26);
+    let k = (x * LOG2E + 0.5).floor();
+    let r = x - k * C1 - k * C2;
+    let r2 = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let y = p * r2 + r + 1.0;
+    // k is integral and within [-126, 128] after the clamp: the cast is exact.
+    y * f32::from_bits(((unsafe { k.to_int_unchecked::<i32>() } + 127) as u32) << 23)
+}
+
+#[inline(always)]
+fn log_softmax_impl(row: &mut [f32]) {
+    // chunks_exact keeps the loops free of bounds checks, so they vectorize.
+    let mut m = [f32::NEG_INFINITY; 8];
+    let mut it = row.chunks_exact(8);
+    for c in &mut it {
+        for j in 0..8 {
+            m[j] = m[j].max(c[j]);
+        }
+    }
+    let mut max = m.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for &x in it.remainder() {
+        max = max.max(x);
+    }
+    if max == f32::NEG_INFINITY {
+        return;
+    }
+    let mut acc = [0f32; 8];
+    let mut it = row.chunks_exact(8);
+    for c in &mut it {
+        for j in 0..8 {
+            acc[j] += exp_approx(c[j] - max);
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for &x in it.remainder() {
+        sum += exp_approx(x - max);
+    }
+    // torch computes x - max - log(sum); keep that order for the last ulp.
+    let log_sum = sum.ln();
+    for x in row.iter_mut() {
+        *x = *x - max - log_sum;
+    }
+}
+
+/// Single-query multi-head attention for one row block:
+/// `q` [heads, t, hd], `k`/`v` [heads, s, hd], additive `mask` [s] or none;
+/// writes `out` [t, heads, hd] (already in the [t, d] layout the out-projection wants).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_impl(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+    heads: usize,
+    t: usize,
+    s: usize,
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    for h in 0..heads {
+        let kh = &k[h * s * hd..(h + 1) * s * hd];
+        let vh = &v[h * s * hd..(h + 1) * s * hd];
+        for ti in 0..t {
+            let qv = &q[(h * t + ti) * hd..(h * t + ti + 1) * hd];
+            let mut max = f32::NEG_INFINITY;
+            for si in 0..s {
+                let mut x = dot_impl(qv, &kh[si * hd..(si + 1) * hd]) * scale;
+                if let Some(m) = mask {
+                    x += m[si];
+                }
+                scores[si] = x;
+                max = max.max(x);
+            }
+            let mut sum = 0f32;
+            for x in scores[..s].iter_mut() {
+                *x = exp_approx(*x - max);
+                sum += *x;
+            }
+            let o = &mut out[(ti * heads + h) * hd..(ti * heads + h + 1) * hd];
+            o.fill(0.0);
+            for si in 0..s {
+                let p = scores[si] / sum;
+                let vr = &vh[si * hd..(si + 1) * hd];
+                for d in 0..hd {
+                    o[d] += p * vr[d];
+                }
+            }
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($vis:vis fn $name:ident($($arg:ident : $ty:ty),*) $(-> $ret:ty)? => $imp:ident) => {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $imp($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports the features the function was compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $imp($($arg),*)
+        }
+    };
+}
+
+dispatch!(pub fn log_softmax(row: &mut [f32]) => log_softmax_impl);
+
+/// See `attend_impl`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+    heads: usize,
+    t: usize,
+    s: usize,
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx2(
+            q: &[f32],
+            k: &[f32],
+            v: &[f32],
+            mask: Option<&[f32]>,
+            heads: usize,
+            t: usize,
+            s: usize,
+            hd: usize,
+            scale: f32,
+            scores: &mut [f32],
+            out: &mut [f32],
+        ) {
+            attend_impl(q, k, v, mask, heads, t, s, hd, scale, scores, out)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { avx2(q, k, v, mask, heads, t, s, hd, scale, scores, out) };
+        }
+    }
+    attend_impl(q, k, v, mask, heads, t, s, hd, scale, scores, out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_matches_std_to_float_rounding() {
+        for i in -8700..=0 {
+            let x = i as f32 * 0.01;
+            let (a, b) = (super::exp_approx(x), x.exp());
+            assert!(
+                (a - b).abs() <= 2.0 * f32::EPSILON * b.max(f32::MIN_POSITIVE),
+                "exp({x}): {a} vs {b}"
+            );
+        }
+    }
+}
