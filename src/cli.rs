@@ -16,6 +16,10 @@ use transum::{Translator, DEFAULT_MODEL};
 
 const EXAMPLES: &str = "\
 Examples:
+  Nightly job (cron): translate every article of corpus/ into outputs/, models from models/ only:
+    15 2 * * *  cd /srv/transum && transum run --offline >> run.log 2>&1
+  Fetch the model once on a connected machine (then copy models/ over):
+    transum download
   Translate a file, one output line per input line:
     transum translate article.txt > article.en.txt
   Translate from stdin, splitting lines into sentences first:
@@ -39,9 +43,77 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Translate every article of the corpus into outputs/, with a manifest.
+    #[command(after_help = EXAMPLES)]
+    Run(RunArgs),
     /// Translate one text file (or stdin) into English on stdout.
     #[command(after_help = EXAMPLES)]
     Translate(TranslateArgs),
+    /// Fetch everything a run needs into the model cache (for offline machines).
+    #[command(after_help = EXAMPLES)]
+    Download(DownloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory of articles (*.txt, UTF-8), one article per file.
+    #[arg(long, default_value = "corpus")]
+    pub corpus: PathBuf,
+
+    /// Directory for <article>.en.txt files and manifest.json.
+    #[arg(long, default_value = "outputs")]
+    pub outputs: PathBuf,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub search: SearchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Models to fetch (hub ids `org/name[@revision]`); default: the translation model.
+    #[arg(default_values_t = [DEFAULT_MODEL.to_string()])]
+    pub models: Vec<String>,
+
+    /// Cache directory for downloaded models (hub layout).
+    #[arg(long, env = "TRANSUM_MODELS", default_value = "models")]
+    pub models_dir: PathBuf,
+}
+
+/// Search and batching settings shared by `run` and `translate`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Beam size; 1 is greedy search. Default: the checkpoint's (4 for opus-mt).
+    #[arg(long)]
+    pub beams: Option<usize>,
+
+    /// Maximum generated tokens per unit. Default: the checkpoint's max_length.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+
+    /// Minimum generated tokens per unit (EOS is suppressed before that).
+    #[arg(long)]
+    pub min_new_tokens: Option<usize>,
+
+    /// Budget of padded source tokens per batch (larger is faster, uses more memory).
+    #[arg(long, default_value_t = 2048)]
+    pub batch_tokens: usize,
+}
+
+impl SearchArgs {
+    fn overrides(&self) -> Result<GenerationOverrides> {
+        if self.batch_tokens == 0 {
+            anyhow::bail!("--batch-tokens must be at least 1\n  hint: the default is 2048");
+        }
+        Ok(GenerationOverrides {
+            num_beams: self.beams,
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            ..Default::default()
+        })
+    }
 }
 
 /// How input text is cut into units for the model.
@@ -78,21 +150,8 @@ pub struct TranslateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// Beam size; 1 is greedy search. Default: the checkpoint's (4 for opus-mt).
-    #[arg(long)]
-    pub beams: Option<usize>,
-
-    /// Maximum generated tokens per unit. Default: the checkpoint's max_length.
-    #[arg(long)]
-    pub max_new_tokens: Option<usize>,
-
-    /// Minimum generated tokens per unit (EOS is suppressed before that).
-    #[arg(long)]
-    pub min_new_tokens: Option<usize>,
-
-    /// Budget of padded source tokens per batch (larger is faster, uses more memory).
-    #[arg(long, default_value_t = 2048)]
-    pub batch_tokens: usize,
+    #[command(flatten)]
+    pub search: SearchArgs,
 
     /// How to cut the input into units.
     #[arg(long, value_enum, default_value_t = Segment::Lines)]
@@ -102,11 +161,17 @@ pub struct TranslateArgs {
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => run_corpus(args),
         Command::Translate(args) => translate(args),
+        Command::Download(args) => download(args),
     }
 }
 
-fn load_translator(model: &ModelArgs, overrides: &GenerationOverrides) -> Result<Translator> {
+fn load_translator(
+    model: &ModelArgs,
+    search: &SearchArgs,
+) -> Result<(Translator, hub::ModelFiles)> {
+    let overrides = search.overrides()?;
     let spec = ModelSpec::parse(&model.model)?;
     let files = hub::resolve(
         &spec,
@@ -116,7 +181,105 @@ fn load_translator(model: &ModelArgs, overrides: &GenerationOverrides) -> Result
             endpoint: None,
         },
     )?;
-    Ok(Translator::load(&files, &Placement::cpu(), overrides)?)
+    let mut translator = Translator::load(&files, &Placement::cpu(), &overrides)?;
+    translator.batch_tokens = search.batch_tokens;
+    Ok((translator, files))
+}
+
+fn run_corpus(args: RunArgs) -> Result<ExitCode> {
+    if !args.corpus.is_dir() {
+        anyhow::bail!(
+            "{}: corpus directory not found\n  hint: create it and put the articles (*.txt, UTF-8) in it, or pass --corpus DIR",
+            args.corpus.display()
+        );
+    }
+    let (translator, files) = load_translator(&args.model, &args.search)?;
+    let record = files.record()?;
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} segments, eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let opts = transum::pipeline::RunOptions {
+        corpus: args.corpus.clone(),
+        outputs: args.outputs.clone(),
+    };
+    let manifest = transum::pipeline::run(
+        &translator,
+        record,
+        &opts,
+        |path, i, n| {
+            let name = path
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if tty {
+                bar.set_prefix(format!("[{}/{n}] {name}", i + 1));
+                bar.set_position(0);
+            } else {
+                eprintln!("[{}/{n}] translating {name}", i + 1);
+            }
+        },
+        |_, done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    let failed: Vec<_> = manifest
+        .articles
+        .iter()
+        .filter(|a| a.status != "ok")
+        .collect();
+    eprintln!(
+        "translated {} of {} articles into {} ({} tokens, {:.1} tokens/s); manifest: {}",
+        manifest.articles.len() - failed.len(),
+        manifest.articles.len(),
+        args.outputs.display(),
+        manifest.output_tokens,
+        manifest.tokens_per_second,
+        args.outputs.join("manifest.json").display()
+    );
+    if failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("{} article(s) failed:", failed.len());
+    for a in failed {
+        eprintln!(
+            "  {}: {}",
+            a.source,
+            a.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    Ok(ExitCode::from(1))
+}
+
+fn download(args: DownloadArgs) -> Result<ExitCode> {
+    for m in &args.models {
+        let spec = ModelSpec::parse(m)?;
+        let ModelSpec::Hub { id, revision } = &spec else {
+            anyhow::bail!(
+                "{m} is a local directory; `download` fetches hub models (org/name[@revision])"
+            );
+        };
+        let files = hub::download(
+            id,
+            revision,
+            &HubOptions {
+                cache_dir: args.models_dir.clone(),
+                offline: false,
+                endpoint: None,
+            },
+        )?;
+        eprintln!("{id}@{revision}: ready in {}", files.dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_input(input: &str) -> Result<String> {
@@ -146,18 +309,8 @@ fn read_input(input: &str) -> Result<String> {
 }
 
 fn translate(args: TranslateArgs) -> Result<ExitCode> {
-    if args.batch_tokens == 0 {
-        anyhow::bail!("--batch-tokens must be at least 1\n  hint: the default is 2048");
-    }
     let text = read_input(&args.input)?;
-    let overrides = GenerationOverrides {
-        num_beams: args.beams,
-        max_new_tokens: args.max_new_tokens,
-        min_new_tokens: args.min_new_tokens,
-        ..Default::default()
-    };
-    let mut translator = load_translator(&args.model, &overrides)?;
-    translator.batch_tokens = args.batch_tokens;
+    let (translator, _) = load_translator(&args.model, &args.search)?;
 
     let lines: Vec<&str> = text.lines().collect();
     // Units per line: the whole line, or its sentences.

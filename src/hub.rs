@@ -222,3 +222,42 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFile
         },
     })
 }
+
+impl ModelFiles {
+    /// The model's identity for a manifest: id, revisions and file hashes.
+    pub fn record(&self) -> Result<crate::pipeline::ModelRecord> {
+        let mut files = std::collections::BTreeMap::new();
+        let mut names: Vec<&str> = REQUIRED_FILES.to_vec();
+        names.extend(OPTIONAL_FILES);
+        for name in names {
+            let p = self.dir.join(name);
+            if p.is_file() {
+                files.insert(name.to_string(), crate::pipeline::sha256_file(&p)?);
+            }
+        }
+        let weights = self
+            .weights
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.insert(weights, crate::pipeline::sha256_file(&self.weights)?);
+        Ok(match &self.spec {
+            ModelSpec::Local(dir) => crate::pipeline::ModelRecord {
+                id: dir.display().to_string(),
+                revision: None,
+                resolved_revision: None,
+                files,
+            },
+            ModelSpec::Hub { id, revision } => crate::pipeline::ModelRecord {
+                id: id.clone(),
+                revision: Some(revision.clone()),
+                // hf-hub keeps files under snapshots/<commit>/.
+                resolved_revision: self
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned()),
+                files,
+            },
+        })
+    }
+}

@@ -14,6 +14,7 @@ pub mod generation;
 pub mod hub;
 pub mod kernels;
 pub mod models;
+pub mod pipeline;
 pub mod text;
 pub mod tokenizer;
 pub mod translate;

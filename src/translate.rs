@@ -38,6 +38,7 @@ pub struct Translator {
     pub batch_tokens: usize,
     /// Upper bound on sentences per batch.
     pub max_batch: usize,
+    dtype: candle_core::DType,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -111,7 +112,13 @@ impl Translator {
             options,
             batch_tokens: 2048,
             max_batch: 64,
+            dtype: placement.dtype,
         })
+    }
+
+    /// The dtype the weights were loaded in.
+    pub fn model_dtype(&self) -> candle_core::DType {
+        self.dtype
     }
 
     /// Generate for one padded batch of source id sequences.

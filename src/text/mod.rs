@@ -7,6 +7,8 @@
 //! because a missed split only costs a longer segment while a wrong split
 //! changes the meaning the model sees.
 
+pub mod ingest;
+
 /// Abbreviations after which a period does not end a sentence.
 const ABBREVIATIONS: &[&str] = &[
     "M", "MM", "Mme", "Mmes", "Mlle", "Dr", "Pr", "Me", "St", "Ste", "etc", "cf", "av", "apr",

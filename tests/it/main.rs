@@ -6,4 +6,5 @@ mod harness;
 
 mod cli;
 mod parity;
+mod run;
 mod units;
