@@ -99,13 +99,23 @@ impl Drop for TempDir {
 }
 
 /// Run the built `transum` binary with `args` (and optional stdin) in `dir`.
+/// Tests never reach the real hub: HF_HUB_OFFLINE=1.
 pub fn transum(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    transum_env(dir, args, stdin, &[("HF_HUB_OFFLINE", "1")])
+}
+
+/// As `transum`, with exactly the given hub-related environment variables.
+pub fn transum_env(dir: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
     use std::io::Write;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_transum"));
     cmd.args(args)
         .current_dir(dir)
         .env_remove("RUST_LOG")
-        .env("HF_HUB_OFFLINE", "1");
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_ENDPOINT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());

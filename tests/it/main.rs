@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod hub;
 mod parity;
 mod run;
 mod units;
