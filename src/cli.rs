@@ -196,11 +196,18 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
     let (translator, files) = load_translator(&args.model, &args.search)?;
     let record = files.record()?;
     let tty = std::io::stderr().is_terminal();
-    let bar = if tty {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
+    // On a terminal: an overall bar (articles) and a bar for the current article (segments).
+    let multi = indicatif::MultiProgress::new();
+    if !tty {
+        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let overall = multi.add(ProgressBar::new(0));
+    overall.set_style(
+        ProgressStyle::with_template("overall [{bar:30}] {pos}/{len} articles, {elapsed} elapsed")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let bar = multi.add(ProgressBar::new(0));
     bar.set_style(
         ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} segments, eta {eta}")
             .expect("valid template")
@@ -220,7 +227,9 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if tty {
-                bar.set_prefix(format!("[{}/{n}] {name}", i + 1));
+                overall.set_length(n as u64);
+                overall.set_position(i as u64);
+                bar.set_prefix(name);
                 bar.set_position(0);
             } else {
                 eprintln!("[{}/{n}] translating {name}", i + 1);
@@ -232,6 +241,7 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         },
     )?;
     bar.finish_and_clear();
+    overall.finish_and_clear();
     let failed: Vec<_> = manifest
         .articles
         .iter()

@@ -112,7 +112,8 @@ struct BeamItem {
 fn top_k(values: impl Iterator<Item = f32>, k: usize) -> Vec<(f32, usize)> {
     let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
     for (i, v) in values.enumerate() {
-        if best.len() == k && !(v > best[k - 1].0) {
+        // `v <= worst` written so that NaN (never produced) is skipped too.
+        if best.len() == k && v.partial_cmp(&best[k - 1].0) != Some(std::cmp::Ordering::Greater) {
             continue;
         }
         let pos = best.partition_point(|&(b, _)| b >= v);

@@ -460,7 +460,7 @@ impl Seq2Seq for BartModel {
 
     fn select_rows(&self, state: &mut BartState, rows: &[u32]) -> Result<()> {
         let g = state.group;
-        if rows.len() % g != 0 {
+        if !rows.len().is_multiple_of(g) {
             return Err(Error::setting(
                 format!(
                     "select_rows: {} rows is not a multiple of the group size {g}",

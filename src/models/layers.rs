@@ -298,7 +298,7 @@ impl KeyValue {
 impl Attention {
     /// Load `{prefix}.{q,k,v,out}_proj`.
     pub fn load(w: &Weights, dim: usize, heads: usize) -> Result<Self> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             return Err(Error::setting(
                 format!("config.json: d_model {dim} is not divisible by {heads} attention heads"),
                 "the config does not match any valid checkpoint; fetch it again",

@@ -107,16 +107,8 @@ fn translate_sentences_joins_sentences_on_their_line() {
     let dir = TempDir::new("sentences");
     let pairs = greedy_golden("marian-a");
     // Two golden sentences on one line come back as their two translations on one line.
-    let (a, b) = pairs
-        .iter()
-        .map(|p| p.clone())
-        .filter(|(s, _)| s.ends_with('.'))
-        .fold((None, None), |acc, p| match acc {
-            (None, _) => (Some(p), None),
-            (Some(x), None) => (Some(x), Some(p)),
-            done => done,
-        });
-    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut ending = pairs.iter().filter(|(s, _)| s.ends_with('.'));
+    let (a, b) = (ending.next().unwrap(), ending.next().unwrap());
     let input = format!("{} {}\n", a.0, b.0);
     let model = fixture_model("marian-a");
     let out = transum(

@@ -72,7 +72,7 @@ fn long_segments_split_at_the_best_boundary() {
     );
 }
 
-fn run_args<'a>(model: &'a str) -> Vec<&'a str> {
+fn run_args(model: &str) -> Vec<&str> {
     vec![
         "run",
         "--model",
