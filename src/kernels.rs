@@ -130,12 +130,17 @@ fn attend_impl(
     }
 }
 
+/// Defines `$name` calling `$imp`, compiled a second time with AVX2+FMA and
+/// picked at run time.
 macro_rules! dispatch {
-    ($vis:vis fn $name:ident($($arg:ident : $ty:ty),*) $(-> $ret:ty)? => $imp:ident) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $imp:ident) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $imp($($arg),*)
                 }
@@ -149,50 +154,27 @@ macro_rules! dispatch {
     };
 }
 
-dispatch!(pub fn log_softmax(row: &mut [f32]) => log_softmax_impl);
+dispatch!(
+    /// `log_softmax` of one row in place (x - max - ln(sum(exp(x - max)))).
+    pub fn log_softmax(row: &mut [f32]) => log_softmax_impl
+);
 
-/// See `attend_impl`.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_rows(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    mask: Option<&[f32]>,
-    heads: usize,
-    t: usize,
-    s: usize,
-    hd: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn avx2(
-            q: &[f32],
-            k: &[f32],
-            v: &[f32],
-            mask: Option<&[f32]>,
-            heads: usize,
-            t: usize,
-            s: usize,
-            hd: usize,
-            scale: f32,
-            scores: &mut [f32],
-            out: &mut [f32],
-        ) {
-            attend_impl(q, k, v, mask, heads, t, s, hd, scale, scores, out)
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { avx2(q, k, v, mask, heads, t, s, hd, scale, scores, out) };
-        }
-    }
-    attend_impl(q, k, v, mask, heads, t, s, hd, scale, scores, out)
-}
+dispatch!(
+    /// See `attend_impl`.
+    pub fn attend_rows(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        mask: Option<&[f32]>,
+        heads: usize,
+        t: usize,
+        s: usize,
+        hd: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32]
+    ) => attend_impl
+);
 
 #[cfg(test)]
 mod tests {

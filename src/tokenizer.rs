@@ -264,7 +264,8 @@ pub struct MarianTokenizer {
     clean_up_tokenization_spaces: bool,
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
+/// Read and parse a JSON file, naming the file on failure.
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::file(
             path,

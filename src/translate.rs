@@ -5,17 +5,14 @@
 //! in input order. Empty inputs translate to empty outputs without touching the
 //! model.
 
-use std::path::Path;
-
 use candle_core::Tensor;
-use serde_json::Value;
 
 use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::generation::{generate, GenerationOptions, GenerationOverrides, Hypothesis};
 use crate::hub::ModelFiles;
 use crate::models::bart::{BartConfig, BartModel};
-use crate::tokenizer::MarianTokenizer;
+use crate::tokenizer::{read_json, MarianTokenizer};
 use crate::weights::Weights;
 
 /// One translated unit.
@@ -39,25 +36,6 @@ pub struct Translator {
     /// Upper bound on sentences per batch.
     pub max_batch: usize,
     dtype: candle_core::DType,
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::file(
-            path,
-            "cannot read",
-            "check the model directory",
-            Some(Box::new(e)),
-        )
-    })?;
-    serde_json::from_str(&text).map_err(|e| {
-        Error::file(
-            path,
-            "is not valid JSON",
-            "fetch the file again",
-            Some(Box::new(e)),
-        )
-    })
 }
 
 impl Translator {

@@ -34,6 +34,125 @@ pub fn find_weight_file(dir: &Path) -> Result<PathBuf> {
         })
 }
 
+/// Read a safetensors file tensor by tensor with positioned reads.
+///
+/// Not memory-mapped on purpose: candle's CPU tensors own their data, so a map
+/// would be copied anyway and its pages would count in the peak RSS next to the
+/// copies (measured: 576 MiB peak for a 300 MB f32 model). Reading each tensor
+/// into its final buffer keeps the peak at the model plus one tensor.
+fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    use std::os::unix::fs::FileExt;
+    let bad = |what: String, source: Option<crate::error::BoxError>| {
+        Error::file(
+            path,
+            what,
+            "fetch it again with `transum download --force <model>`",
+            source,
+        )
+    };
+    let file =
+        std::fs::File::open(path).map_err(|e| bad("cannot be opened".into(), Some(Box::new(e))))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| bad("cannot be read".into(), Some(Box::new(e))))?
+        .len();
+    let mut len_bytes = [0u8; 8];
+    file.read_exact_at(&mut len_bytes, 0).map_err(|e| {
+        bad(
+            "is truncated or corrupt (no safetensors header)".into(),
+            Some(Box::new(e)),
+        )
+    })?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
+        return Err(bad(
+            format!("is truncated or corrupt (header length {header_len})"),
+            None,
+        ));
+    }
+    let mut header = vec![0u8; 8 + header_len as usize];
+    file.read_exact_at(&mut header, 0).map_err(|e| {
+        bad(
+            "is truncated or corrupt (short header)".into(),
+            Some(Box::new(e)),
+        )
+    })?;
+    // The header is JSON: {name: {dtype, shape, data_offsets: [start, end]}, "__metadata__": {..}}.
+    let meta: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header[8..])
+        .map_err(|e| {
+            bad(
+                "is truncated or corrupt (bad safetensors header)".into(),
+                Some(Box::new(e)),
+            )
+        })?;
+    let data_start = 8 + header_len;
+    let mut out = Vec::new();
+    for (name, info) in meta {
+        if name == "__metadata__" {
+            continue;
+        }
+        let field = |k: &str| info.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        let dtype = match field("dtype").as_str().unwrap_or("") {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "F64" => DType::F64,
+            "I64" => DType::I64,
+            "U32" => DType::U32,
+            "U8" => DType::U8,
+            other => {
+                return Err(bad(
+                    format!("tensor `{name}` has unsupported dtype {other:?}"),
+                    None,
+                ))
+            }
+        };
+        let nums = |k: &str| -> Option<Vec<usize>> {
+            field(k)
+                .as_array()?
+                .iter()
+                .map(|x| x.as_u64().map(|x| x as usize))
+                .collect()
+        };
+        let (Some(shape), Some(offsets)) = (nums("shape"), nums("data_offsets")) else {
+            return Err(bad(
+                format!("is corrupt (tensor `{name}` has no shape or offsets)"),
+                None,
+            ));
+        };
+        let (start, end) = (
+            offsets.first().copied().unwrap_or(0),
+            offsets.get(1).copied().unwrap_or(0),
+        );
+        let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
+        if end < start || end - start != expected || data_start + end as u64 > file_len {
+            return Err(bad(
+                format!("is truncated or corrupt (tensor `{name}` lies outside the file)"),
+                None,
+            ));
+        }
+        let offset = data_start + start as u64;
+        let read_err =
+            |e: std::io::Error| bad(format!("is truncated (tensor `{name}`)"), Some(Box::new(e)));
+        let t = if dtype == DType::F32 && cfg!(target_endian = "little") {
+            // Read straight into the tensor's own buffer: no second copy.
+            let mut data = vec![0f32; expected / 4];
+            // SAFETY: f32 has no invalid bit patterns and the byte view covers
+            // exactly the vector's initialized memory.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), expected) };
+            file.read_exact_at(bytes, offset).map_err(read_err)?;
+            Tensor::from_vec(data, shape, &Device::Cpu)?
+        } else {
+            let mut bytes = vec![0u8; expected];
+            file.read_exact_at(&mut bytes, offset).map_err(read_err)?;
+            Tensor::from_raw_buffer(&bytes, dtype, &shape, &Device::Cpu)?
+        };
+        out.push((name, t));
+    }
+    Ok(out)
+}
+
 struct Inner {
     tensors: HashMap<String, Tensor>,
     path: PathBuf,
@@ -61,15 +180,7 @@ impl Weights {
         };
         let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
         let raw: Vec<(String, Tensor)> = if is_safetensors {
-            // SAFETY: the file is mapped read-only; transum never writes to model files
-            // while they are loaded.
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
-                .map_err(corrupt)?;
-            st.tensors()
-                .into_iter()
-                .map(|(name, _)| st.load(&name, &Device::Cpu).map(|t| (name, t)))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(corrupt)?
+            read_safetensors(path)?
         } else {
             candle_core::pickle::read_all_with_key(path, None).map_err(corrupt)?
         };

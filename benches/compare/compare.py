@@ -18,7 +18,6 @@ import argparse
 import glob
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -145,6 +144,16 @@ def run_transum(hf_dir, beams, batch, dtype):
     return r["tokens"], r["seconds"], r["load_seconds"], r["peak_rss_mib"]
 
 
+def peak_rss_mib():
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across
+    fork+exec, so a child would inherit the parent's peak (torch loaded)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def system_needs_ids(system):
     return system == "transformers"
 
@@ -167,7 +176,7 @@ def child(args):
     else:
         tokens, secs, load, rss = run_transum(hf_dir, beams, batch, system.split("-")[1])
     if not system.startswith("transum"):
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+        rss = peak_rss_mib()
     print(json.dumps({"tokens": tokens, "seconds": secs, "load": load, "rss": rss}))
 
 
