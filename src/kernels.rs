@@ -80,6 +80,13 @@ fn log_softmax_impl(row: &mut [f32]) {
     }
 }
 
+#[inline(always)]
+fn silu_impl(src: &[f32], dst: &mut [f32]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = x / (1.0 + exp_approx(-x));
+    }
+}
+
 /// Single-query multi-head attention for one row block:
 /// `q` [heads, t, hd], `k`/`v` [heads, s, hd], additive `mask` [s] or none;
 /// writes `out` [t, heads, hd] (already in the [t, d] layout the out-projection wants).
@@ -157,6 +164,11 @@ macro_rules! dispatch {
 dispatch!(
     /// `log_softmax` of one row in place (x - max - ln(sum(exp(x - max)))).
     pub fn log_softmax(row: &mut [f32]) => log_softmax_impl
+);
+
+dispatch!(
+    /// `x * sigmoid(x)` computed as torch does, `x / (1 + exp(-x))`.
+    pub fn silu(src: &[f32], dst: &mut [f32]) => silu_impl
 );
 
 dispatch!(
