@@ -38,6 +38,9 @@ struct SpmModel {
     unigram: Unigram,
     /// piece -> piece type, for `DecodePieces` (control pieces decode to "").
     piece_types: HashMap<String, PieceType>,
+    /// Pieces by SentencePiece id (transformers falls back to these for ids
+    /// missing from vocab.json).
+    pieces: Vec<String>,
     unk_piece: String,
 }
 
@@ -95,12 +98,14 @@ impl SpmModel {
         // *strings* through vocab.json.
         let mut vocab = Vec::new();
         let mut piece_types = HashMap::new();
+        let mut pieces = Vec::with_capacity(model.pieces().len());
         let mut unk_id = None;
         let mut unk_piece = "<unk>".to_string();
         for p in model.pieces() {
             let piece = p.piece().to_string();
             let ty = p.r#type();
             piece_types.insert(piece.clone(), ty);
+            pieces.push(piece.clone());
             match ty {
                 PieceType::Normal | PieceType::UserDefined => vocab.push((piece, p.score() as f64)),
                 PieceType::Unknown => {
@@ -126,6 +131,7 @@ impl SpmModel {
             escape_whitespaces: spec.map(|s| s.escape_whitespaces()).unwrap_or(true),
             unigram,
             piece_types,
+            pieces,
             unk_piece,
         })
     }
@@ -495,14 +501,36 @@ impl MarianTokenizer {
         } else {
             &self.target
         };
+        let unk = self
+            .decoder
+            .get(&self.unk_id)
+            .map_or("<unk>", String::as_str);
         let mut out = String::new();
         let mut current: Vec<&str> = Vec::new();
         for id in ids {
             if self.special_ids.contains(id) {
                 continue;
             }
-            let piece = self.decoder.get(id).map(String::as_str).unwrap_or("<unk>");
-            current.push(piece);
+            // MarianTokenizer._convert_id_to_token: vocab.json first, then the
+            // SentencePiece piece with that id, then the unk token.
+            let piece = match self.decoder.get(id) {
+                Some(p) => p.as_str(),
+                None => spm
+                    .pieces
+                    .get(*id as usize)
+                    .map(String::as_str)
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or(unk),
+            };
+            // convert_tokens_to_string: special-token strings are not decoded by spm.
+            if self.special_tokens.iter().any(|t| t == piece) {
+                out.push_str(&spm.decode_pieces(&current));
+                out.push_str(piece);
+                out.push(' ');
+                current.clear();
+            } else {
+                current.push(piece);
+            }
         }
         out.push_str(&spm.decode_pieces(&current));
         let out = out.replace(SPACE_SYMBOL, " ");
