@@ -4,6 +4,35 @@ use serde_json::Value;
 
 use crate::harness::{assert_lines_eq, fixture_model, golden, transum, u32s, TempDir};
 
+/// `transum translate INPUT -m marian-a` with the "greedy" golden run's settings,
+/// plus `extra` flags; asserts success and returns stdout.
+fn translate_greedy(
+    dir: &std::path::Path,
+    input: &str,
+    extra: &[&str],
+    stdin: Option<&str>,
+) -> String {
+    let model = fixture_model("marian-a");
+    let mut args = vec![
+        "translate",
+        input,
+        "-m",
+        model.to_str().unwrap(),
+        "--beams",
+        "1",
+        "--max-new-tokens",
+        "24",
+    ];
+    args.extend(extra);
+    let out = transum(dir, &args, stdin);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn greedy_golden(name: &str) -> Vec<(String, String)> {
     let g = golden(name);
     let run = g["runs"]
@@ -37,37 +66,12 @@ fn translate_lines_keeps_line_structure_and_matches_goldens() {
         pairs[0].0, pairs[1].0, pairs[2].0, pairs[3].0, pairs[4].0, pairs[5].0
     );
     std::fs::write(dir.path().join("in.txt"), &input).unwrap();
-    let model = fixture_model("marian-a");
-    let out = transum(
-        dir.path(),
-        &[
-            "translate",
-            "in.txt",
-            "--model",
-            model.to_str().unwrap(),
-            "--beams",
-            "1",
-            "--max-new-tokens",
-            "24",
-            "--batch-tokens",
-            "64",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = translate_greedy(dir.path(), "in.txt", &["--batch-tokens", "64"], None);
     let want = format!(
         "{}\n\n{}\n\n{}\n{}\n{}\n{}\n",
         pairs[0].1, pairs[1].1, pairs[2].1, pairs[3].1, pairs[4].1, pairs[5].1
     );
-    assert_lines_eq(
-        "translate --segment lines",
-        &want,
-        &String::from_utf8(out.stdout).unwrap(),
-    );
+    assert_lines_eq("translate --segment lines", &want, &stdout);
 }
 
 #[test]
@@ -75,30 +79,11 @@ fn translate_reads_stdin_with_bom_and_crlf() {
     let dir = TempDir::new("stdin");
     let pairs = greedy_golden("marian-a");
     let input = format!("\u{feff}{}\r\n{}\r\n", pairs[0].0, pairs[1].0);
-    let model = fixture_model("marian-a");
-    let out = transum(
-        dir.path(),
-        &[
-            "translate",
-            "-",
-            "-m",
-            model.to_str().unwrap(),
-            "--beams",
-            "1",
-            "--max-new-tokens",
-            "24",
-        ],
-        Some(&input),
-    );
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = translate_greedy(dir.path(), "-", &[], Some(&input));
     assert_lines_eq(
         "stdin",
         &format!("{}\n{}\n", pairs[0].1, pairs[1].1),
-        &String::from_utf8(out.stdout).unwrap(),
+        &stdout,
     );
 }
 
@@ -110,33 +95,8 @@ fn translate_sentences_joins_sentences_on_their_line() {
     let mut ending = pairs.iter().filter(|(s, _)| s.ends_with('.'));
     let (a, b) = (ending.next().unwrap(), ending.next().unwrap());
     let input = format!("{} {}\n", a.0, b.0);
-    let model = fixture_model("marian-a");
-    let out = transum(
-        dir.path(),
-        &[
-            "translate",
-            "-",
-            "-m",
-            model.to_str().unwrap(),
-            "--beams",
-            "1",
-            "--max-new-tokens",
-            "24",
-            "--segment",
-            "sentences",
-        ],
-        Some(&input),
-    );
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_lines_eq(
-        "sentences",
-        &format!("{} {}\n", a.1, b.1),
-        &String::from_utf8(out.stdout).unwrap(),
-    );
+    let stdout = translate_greedy(dir.path(), "-", &["--segment", "sentences"], Some(&input));
+    assert_lines_eq("sentences", &format!("{} {}\n", a.1, b.1), &stdout);
 }
 
 #[test]
