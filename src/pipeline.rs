@@ -172,12 +172,21 @@ fn translate_article(
         ));
     }
     let window = translator.model.config().max_position_embeddings;
+    // Each segment is encoded once: the window check's encodings are kept and
+    // handed to the translator.
+    let encoded = std::cell::RefCell::new(std::collections::HashMap::<String, Vec<u32>>::new());
     let count = |s: &str| {
-        translator
-            .tokenizer
-            .encode(s)
-            .map(|ids| ids.len())
-            .unwrap_or(usize::MAX)
+        if let Some(ids) = encoded.borrow().get(s) {
+            return ids.len();
+        }
+        match translator.encode_unit(s) {
+            Ok(ids) => {
+                let n = ids.len();
+                encoded.borrow_mut().insert(s.to_string(), ids);
+                n
+            }
+            Err(_) => usize::MAX,
+        }
     };
     // Units per paragraph: sentences, each split further if it exceeds the window.
     let mut units: Vec<Vec<String>> = Vec::with_capacity(cleaned.paragraphs.len());
@@ -198,12 +207,20 @@ fn translate_article(
         }
         units.push(u);
     }
-    let flat: Vec<&str> = units.iter().flatten().map(String::as_str).collect();
     rec.paragraphs = units.len();
-    rec.segments = flat.len();
-    let total = flat.len();
+    let mut memo = encoded.into_inner();
+    let ids = units
+        .iter()
+        .flatten()
+        .map(|u| match memo.remove(u) {
+            Some(ids) => Ok(ids),
+            None => translator.encode_unit(u),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    rec.segments = ids.len();
+    let total = ids.len();
     let mut done = 0;
-    let out = translator.translate_with_progress(&flat, |n| {
+    let out = translator.translate_encoded(ids, |n| {
         done += n;
         progress(done, total);
     })?;

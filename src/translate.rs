@@ -132,16 +132,31 @@ impl Translator {
     pub fn translate_with_progress(
         &self,
         texts: &[&str],
+        progress: impl FnMut(usize),
+    ) -> Result<Vec<Translation>> {
+        let encoded = texts
+            .iter()
+            .map(|t| self.encode_unit(t))
+            .collect::<Result<Vec<_>>>()?;
+        self.translate_encoded(encoded, progress)
+    }
+
+    /// Source ids of one unit; empty (nothing to translate) for blank text.
+    pub fn encode_unit(&self, text: &str) -> Result<Vec<u32>> {
+        if text.trim().is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.tokenizer.encode(text)
+        }
+    }
+
+    /// As [`Translator::translate_with_progress`], for units already encoded
+    /// with [`Translator::encode_unit`] (empty ids translate to empty text).
+    pub fn translate_encoded(
+        &self,
+        encoded: Vec<Vec<u32>>,
         mut progress: impl FnMut(usize),
     ) -> Result<Vec<Translation>> {
-        let mut encoded = Vec::with_capacity(texts.len());
-        for t in texts {
-            encoded.push(if t.trim().is_empty() {
-                Vec::new()
-            } else {
-                self.tokenizer.encode(t)?
-            });
-        }
         let max_pos = self.model.config().max_position_embeddings;
         if let Some((i, ids)) = encoded
             .iter()
@@ -158,7 +173,7 @@ impl Translator {
                 "split long lines into sentences (--segment sentences) or shorter lines",
             ));
         }
-        let work: Vec<usize> = (0..texts.len())
+        let work: Vec<usize> = (0..encoded.len())
             .filter(|&i| !encoded[i].is_empty())
             .collect();
         let lengths: Vec<usize> = work.iter().map(|&i| encoded[i].len()).collect();
