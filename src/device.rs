@@ -5,8 +5,6 @@
 
 use candle_core::{DType, Device};
 
-use crate::error::{Error, Result};
-
 /// Where the model runs and in which precision.
 #[derive(Debug, Clone)]
 pub struct Placement {
@@ -30,19 +28,6 @@ impl Placement {
             other => format!("{other:?}").to_lowercase(),
         };
         format!("{dev}/{:?}", self.dtype).to_lowercase()
-    }
-}
-
-/// Parse a `--dtype` value for the CPU backend.
-pub fn parse_dtype(s: &str) -> Result<DType> {
-    match s {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        other => Err(Error::setting(
-            format!("--dtype {other:?} is not known"),
-            "use one of: f32, f16, bf16",
-        )),
     }
 }
 

@@ -147,9 +147,6 @@ fn resolve_cached(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFi
         hint: fetch_hint(id, revision),
         source: None,
     })?;
-    for f in OPTIONAL_FILES {
-        let _ = cache.get(f); // present or not; the loaders look in `dir`
-    }
     Ok(ModelFiles {
         dir: dir.expect("REQUIRED_FILES is not empty"),
         weights,
