@@ -12,14 +12,76 @@ use hf_hub::{Cache, Repo, RepoType};
 use crate::error::{Error, Result};
 use crate::weights::WEIGHT_FILES;
 
-/// Files every Marian checkpoint needs.
-pub const REQUIRED_FILES: [&str; 4] = ["config.json", "source.spm", "target.spm", "vocab.json"];
 /// Files used when present.
 pub const OPTIONAL_FILES: [&str; 3] = [
     "generation_config.json",
     "tokenizer_config.json",
     "target_vocab.json",
 ];
+/// Every tokenizer file any family uses (for the manifest's hashes).
+const TOKENIZER_FILES: [&str; 6] = [
+    "source.spm",
+    "target.spm",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "spiece.model",
+];
+
+/// The tokenizer files a checkpoint of `model_type` needs: alternative sets,
+/// in order of preference (see tokenizer/).
+pub fn tokenizer_file_sets(model_type: &str) -> &'static [&'static [&'static str]] {
+    match model_type {
+        "marian" => &[&["source.spm", "target.spm", "vocab.json"]],
+        "pegasus" => &[&["tokenizer.json"], &["spiece.model"]],
+        _ => &[&["tokenizer.json"], &["vocab.json", "merges.txt"]],
+    }
+}
+
+/// `model_type` of a config.json.
+fn model_type(config: &Path) -> Result<String> {
+    let v = crate::tokenizer::read_json(config)?;
+    Ok(v.get("model_type")
+        .and_then(|t| t.as_str())
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn describe_sets(sets: &[&[&str]]) -> String {
+    sets.iter()
+        .map(|s| s.join(" + "))
+        .collect::<Vec<_>>()
+        .join(", or ")
+}
+
+/// The first tokenizer file set fully present in `dir`, or an error naming them.
+fn check_tokenizer_files(dir: &Path, hint: &str) -> Result<()> {
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        return Err(Error::file(
+            config,
+            "is missing from the model directory",
+            hint.to_string(),
+            None,
+        ));
+    }
+    let sets = tokenizer_file_sets(&model_type(&config)?);
+    if sets
+        .iter()
+        .any(|set| set.iter().all(|f| dir.join(f).is_file()))
+    {
+        return Ok(());
+    }
+    Err(Error::file(
+        dir,
+        format!(
+            "has no complete tokenizer: expected {}",
+            describe_sets(sets)
+        ),
+        hint.to_string(),
+        None,
+    ))
+}
 
 /// What `--model` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,16 +157,11 @@ fn fetch_hint(id: &str, revision: &str) -> String {
 pub fn resolve(spec: &ModelSpec, opts: &HubOptions) -> Result<ModelFiles> {
     match spec {
         ModelSpec::Local(dir) => {
-            for f in REQUIRED_FILES {
-                if !dir.join(f).is_file() {
-                    return Err(Error::file(
-                        dir.join(f),
-                        "is missing from the model directory",
-                        "a Marian checkpoint needs config.json, source.spm, target.spm and vocab.json beside its weights",
-                        None,
-                    ));
-                }
-            }
+            check_tokenizer_files(
+                dir,
+                "a checkpoint directory needs config.json, its tokenizer files and its weights \
+                 (as on the hub; `transum download` fetches them)",
+            )?;
             Ok(ModelFiles {
                 weights: crate::weights::find_weight_file(dir)?,
                 dir: dir.clone(),
@@ -127,17 +184,29 @@ fn repo(id: &str, revision: &str) -> Repo {
 
 fn resolve_cached(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFiles> {
     let cache = Cache::new(opts.cache_dir.clone()).repo(repo(id, revision));
-    let mut dir = None;
-    for f in REQUIRED_FILES {
-        let p = cache.get(f).ok_or_else(|| Error::Hub {
-            what: format!(
-                "{}: {f} of {id}@{revision} is not in the model cache and --offline is set",
-                opts.cache_dir.display()
-            ),
-            hint: fetch_hint(id, revision),
-            source: None,
-        })?;
-        dir = p.parent().map(Path::to_path_buf);
+    let missing = |f: &str| Error::Hub {
+        what: format!(
+            "{}: {f} of {id}@{revision} is not in the model cache and --offline is set",
+            opts.cache_dir.display()
+        ),
+        hint: fetch_hint(id, revision),
+        source: None,
+    };
+    let config = cache
+        .get("config.json")
+        .ok_or_else(|| missing("config.json"))?;
+    let dir = config.parent().map(Path::to_path_buf);
+    let sets = tokenizer_file_sets(&model_type(&config)?);
+    if !sets
+        .iter()
+        .any(|set| set.iter().all(|f| cache.get(f).is_some()))
+    {
+        let first_missing = sets[sets.len() - 1]
+            .iter()
+            .find(|f| cache.get(f).is_none())
+            .copied()
+            .unwrap_or("tokenizer files");
+        return Err(missing(first_missing));
     }
     let weights = WEIGHT_FILES.iter().find_map(|f| cache.get(f)).ok_or_else(|| Error::Hub {
         what: format!(
@@ -148,7 +217,7 @@ fn resolve_cached(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFi
         source: None,
     })?;
     Ok(ModelFiles {
-        dir: dir.expect("REQUIRED_FILES is not empty"),
+        dir: dir.unwrap_or_default(),
         weights,
         spec: ModelSpec::Hub {
             id: id.to_string(),
@@ -180,12 +249,23 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFile
             source: Some(Box::new(e)),
         })
     };
-    let mut dir = PathBuf::new();
-    for f in REQUIRED_FILES {
-        dir = fetch(f)?
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+    let config = fetch("config.json")?;
+    let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+    // The tokenizer files depend on the family: try each set in order.
+    let sets = tokenizer_file_sets(&model_type(&config)?);
+    let mut fetched = false;
+    let mut last = None;
+    for set in sets {
+        match set.iter().map(|f| fetch(f)).collect::<Result<Vec<_>>>() {
+            Ok(_) => {
+                fetched = true;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    if !fetched {
+        return Err(last.expect("every family has a tokenizer file set"));
     }
     for f in OPTIONAL_FILES {
         if let Err(e) = repo.get(f) {
@@ -224,7 +304,8 @@ impl ModelFiles {
     /// The model's identity for a manifest: id, revisions and file hashes.
     pub fn record(&self) -> Result<crate::pipeline::ModelRecord> {
         let mut files = std::collections::BTreeMap::new();
-        let mut names: Vec<&str> = REQUIRED_FILES.to_vec();
+        let mut names: Vec<&str> = vec!["config.json"];
+        names.extend(TOKENIZER_FILES);
         names.extend(OPTIONAL_FILES);
         for name in names {
             let p = self.dir.join(name);

@@ -1,4 +1,6 @@
-//! `Translator` = Marian tokenizer + BART-family model + generation settings.
+//! `Translator` = tokenizer + BART-family model + generation settings: the
+//! text-to-text runner. Translation uses it with a Marian checkpoint; the
+//! abstractive summarizer (`summary/abstractive.rs`) with a BART or Pegasus one.
 //!
 //! Takes source texts, tokenizes them, batches them by a token budget (longest
 //! first), runs greedy or beam search per batch and returns detokenized English
@@ -12,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::generation::{generate, GenerationOptions, GenerationOverrides, Hypothesis};
 use crate::hub::ModelFiles;
 use crate::models::bart::{BartConfig, BartModel};
-use crate::tokenizer::{read_json, MarianTokenizer};
+use crate::tokenizer::{read_json, TextTokenizer};
 use crate::weights::Weights;
 
 /// One translated unit.
@@ -28,7 +30,7 @@ pub struct Translation {
 
 /// A loaded translation model, ready for batches.
 pub struct Translator {
-    pub tokenizer: MarianTokenizer,
+    pub tokenizer: TextTokenizer,
     pub model: BartModel,
     pub options: GenerationOptions,
     /// Budget of padded source tokens per batch.
@@ -51,7 +53,7 @@ impl Translator {
             Error::file(
                 &config_path,
                 "is not a usable BART-family config",
-                "point --model at a Marian (opus-mt) checkpoint",
+                "point --model at a Marian (opus-mt), BART or Pegasus checkpoint",
                 Some(Box::new(e)),
             )
         })?;
@@ -62,12 +64,12 @@ impl Translator {
             None
         };
         let options = GenerationOptions::resolve(gen_json.as_ref(), &config_json, overrides)?;
-        let tokenizer = MarianTokenizer::from_dir(&files.dir)?;
+        let tokenizer = TextTokenizer::from_dir(&files.dir, &config.model_type)?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(Error::file(
-                files.dir.join("vocab.json"),
+                files.dir.clone(),
                 format!(
-                    "has {} entries but config.json says vocab_size {}",
+                    "tokenizer has {} entries but config.json says vocab_size {}",
                     tokenizer.vocab_size(),
                     config.vocab_size
                 ),

@@ -1,6 +1,7 @@
 //! Logits processors with transformers' semantics and order
-//! (`GenerationMixin._get_logits_processor`): bad words, min length, min new
-//! tokens, forced EOS at the length limit, then optional renormalization.
+//! (`GenerationMixin._get_logits_processor`): no-repeat n-grams, bad words,
+//! min length, min new tokens, forced BOS at the first step, forced EOS at the
+//! length limit, then optional renormalization.
 //!
 //! They work on one row's scores on the host, given that row's token history
 //! (decoder start token included), and only ever mask scores, force EOS or
@@ -11,12 +12,15 @@ use super::GenerationOptions;
 /// The processor chain built once from validated options.
 #[derive(Debug, Clone)]
 pub struct LogitsProcessor {
+    /// `no_repeat_ngram_size` (0 = off).
+    no_repeat_ngram: usize,
     /// Single-token bad words, banned at every step.
     banned: Vec<u32>,
     /// Multi-token bad words: banned last token when the history ends with the prefix.
     banned_sequences: Vec<Vec<u32>>,
     min_length: usize,
     min_new_tokens: usize,
+    forced_bos: Option<u32>,
     forced_eos: Vec<u32>,
     eos: Vec<u32>,
     max_length: usize,
@@ -33,6 +37,8 @@ impl LogitsProcessor {
             .filter(|w| !(w.len() == 1 && opts.eos_token_ids.contains(&w[0])))
             .collect();
         LogitsProcessor {
+            no_repeat_ngram: opts.no_repeat_ngram_size,
+            forced_bos: opts.forced_bos_token_id,
             banned: words
                 .iter()
                 .filter(|w| w.len() == 1)
@@ -60,6 +66,17 @@ impl LogitsProcessor {
                 *s = f32::NEG_INFINITY;
             }
         };
+        let n = self.no_repeat_ngram;
+        if n > 0 && cur_len >= n {
+            // Every earlier window whose first n-1 tokens equal the last n-1
+            // tokens bans its own last token (the n-gram may occur only once).
+            let prefix = &history[cur_len + 1 - n..];
+            for w in history.windows(n) {
+                if &w[..n - 1] == prefix {
+                    ban(w[n - 1]);
+                }
+            }
+        }
         for &id in &self.banned {
             ban(id);
         }
@@ -72,6 +89,12 @@ impl LogitsProcessor {
         if cur_len < self.min_length || cur_len - 1 < self.min_new_tokens {
             for &e in &self.eos {
                 ban(e);
+            }
+        }
+        if let (Some(bos), 1) = (self.forced_bos, cur_len) {
+            scores.fill(f32::NEG_INFINITY);
+            if let Some(s) = scores.get_mut(bos as usize) {
+                *s = 0.0;
             }
         }
         if !self.forced_eos.is_empty() && cur_len + 1 == self.max_length {

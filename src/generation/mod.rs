@@ -57,6 +57,10 @@ pub struct GenerationOptions {
     pub min_new_tokens: usize,
     /// Token sequences that may never be generated (`bad_words_ids`).
     pub bad_words_ids: Vec<Vec<u32>>,
+    /// Every n-gram of this size may occur only once (`no_repeat_ngram_size`, 0 = off).
+    pub no_repeat_ngram_size: usize,
+    /// Forced as the first generated token (`forced_bos_token_id`, BART).
+    pub forced_bos_token_id: Option<u32>,
     /// Forced at the last position (`forced_eos_token_id`).
     pub forced_eos_token_ids: Vec<u32>,
     pub length_penalty: f32,
@@ -75,6 +79,8 @@ pub struct GenerationOverrides {
     pub max_length: Option<usize>,
     pub max_new_tokens: Option<usize>,
     pub min_new_tokens: Option<usize>,
+    pub min_length: Option<usize>,
+    pub no_repeat_ngram_size: Option<usize>,
     pub length_penalty: Option<f32>,
     pub early_stopping: Option<EarlyStopping>,
 }
@@ -159,12 +165,20 @@ impl GenerationOptions {
                 .or(usize_field(get("num_beams")))
                 .unwrap_or(1),
             max_length,
-            min_length: usize_field(get("min_length")).unwrap_or(0),
+            min_length: overrides
+                .min_length
+                .or(usize_field(get("min_length")))
+                .unwrap_or(0),
             min_new_tokens: overrides
                 .min_new_tokens
                 .or(usize_field(get("min_new_tokens")))
                 .unwrap_or(0),
             bad_words_ids,
+            no_repeat_ngram_size: overrides
+                .no_repeat_ngram_size
+                .or(usize_field(get("no_repeat_ngram_size")))
+                .unwrap_or(0),
+            forced_bos_token_id: ids(get("forced_bos_token_id")).and_then(|v| v.first().copied()),
             forced_eos_token_ids: ids(get("forced_eos_token_id")).unwrap_or_default(),
             length_penalty: overrides
                 .length_penalty

@@ -1,12 +1,13 @@
-//! The BART family of encoder-decoders, one file for all of it: Marian/OPUS-MT
-//! now; BART (learned positions with offset 2, `layernorm_embedding`) and
-//! Pegasus (pre-norm with final layer norms) are meant to become switches of
-//! [`Arch`], not new files.
+//! The BART family of encoder-decoders, one file for all of it. The members
+//! differ only in switches of [`Arch`], chosen by `config.json`'s `model_type`:
+//! - Marian/OPUS-MT (`modeling_marian.py`): static sinusoidal positions,
+//!   embeddings scaled by sqrt(d_model), post-norm layers.
+//! - BART (`modeling_bart.py`): learned positions with offset 2, a
+//!   `layernorm_embedding` after embeddings + positions, post-norm layers.
+//! - Pegasus (`modeling_pegasus.py`): sinusoidal positions, pre-norm layers and
+//!   a final layer norm after the encoder and after the decoder.
 //!
-//! Follows transformers' `modeling_marian.py` (Junczys-Dowmunt et al. 2018,
-//! "Marian: Fast Neural Machine Translation in C++"): static sinusoidal
-//! positions, embeddings scaled by sqrt(d_model), post-norm layers, shared
-//! embeddings tied to the lm_head, plus `final_logits_bias`.
+//! All share embeddings tied to the lm_head plus `final_logits_bias`.
 //!
 //! Batching: padding is masked in encoder self-attention and cross-attention;
 //! the encoder runs once per batch; cross-attention K/V are computed once per
@@ -82,6 +83,12 @@ impl BartConfig {
 pub struct Arch {
     /// Static sinusoidal positions (Marian, Pegasus) rather than learned ones.
     pub sinusoidal_positions: bool,
+    /// Learned position tables start this many rows in (BART: 2).
+    pub position_offset: usize,
+    /// A layer norm right after embeddings + positions (BART's `layernorm_embedding`).
+    pub layernorm_embedding: bool,
+    /// Pre-norm layers with a final layer norm per stack (Pegasus); else post-norm.
+    pub pre_norm: bool,
 }
 
 impl Arch {
@@ -90,10 +97,26 @@ impl Arch {
         match model_type {
             "marian" => Ok(Arch {
                 sinusoidal_positions: true,
+                position_offset: 0,
+                layernorm_embedding: false,
+                pre_norm: false,
+            }),
+            "bart" => Ok(Arch {
+                sinusoidal_positions: false,
+                position_offset: 2,
+                layernorm_embedding: true,
+                pre_norm: false,
+            }),
+            "pegasus" => Ok(Arch {
+                sinusoidal_positions: true,
+                position_offset: 0,
+                layernorm_embedding: false,
+                pre_norm: true,
             }),
             other => Err(Error::setting(
-                format!("config.json: model_type {other:?} is not supported yet"),
-                "supported model types: marian (Helsinki-NLP/opus-mt-*)",
+                format!("config.json: model_type {other:?} is not supported"),
+                "supported model types: marian (Helsinki-NLP/opus-mt-*), bart (facebook/bart-large-cnn, \
+                 sshleifer/distilbart-cnn-12-6), pegasus (google/pegasus-multi_news)",
             )),
         }
     }
@@ -117,9 +140,45 @@ struct DecoderLayer {
     final_layer_norm: LayerNorm,
 }
 
+/// Layer norms around one stack (encoder or decoder) that only some members have.
+struct StackNorms {
+    /// After embeddings + positions (BART).
+    embedding: Option<LayerNorm>,
+    /// After the last layer (Pegasus).
+    last: Option<LayerNorm>,
+}
+
+impl StackNorms {
+    fn load(w: &Weights, arch: &Arch, side: &str, d: usize) -> Result<Self> {
+        let m = w.pp(format!("model.{side}"));
+        Ok(StackNorms {
+            embedding: if arch.layernorm_embedding {
+                Some(LayerNorm::load(&m.pp("layernorm_embedding"), d)?)
+            } else {
+                None
+            },
+            last: if arch.pre_norm {
+                Some(LayerNorm::load(&m.pp("layer_norm"), d)?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+fn norm(ln: &Option<LayerNorm>, x: Tensor) -> Result<Tensor> {
+    match ln {
+        Some(ln) => ln.forward(&x),
+        None => Ok(x),
+    }
+}
+
 /// A BART-family encoder-decoder with its LM head.
 pub struct BartModel {
     config: BartConfig,
+    arch: Arch,
+    encoder_norms: StackNorms,
+    decoder_norms: StackNorms,
     encoder_embed: Tensor,
     decoder_embed: Tensor,
     encoder_positions: Tensor,
@@ -248,12 +307,6 @@ impl BartModel {
             Some(final_logits_bias),
         );
 
-        if !arch.sinusoidal_positions {
-            return Err(Error::setting(
-                "learned position embeddings (BART) are not built yet",
-                "supported model types: marian",
-            ));
-        }
         // transformers 5 does not save the static table and recomputes it; files that
         // carry one (pytorch_model.bin from torch.save) are loaded as transformers
         // loads them, so the file's values win.
@@ -266,7 +319,10 @@ impl BartModel {
         let n_pos = config.max_position_embeddings;
         let positions = |side: &str| -> Result<Tensor> {
             let name = format!("model.{side}.embed_positions.weight");
-            if w.contains(&name) {
+            if !arch.sinusoidal_positions {
+                // Learned: the table is a weight, offset rows included.
+                w.get(&name, &[n_pos + arch.position_offset, d])
+            } else if w.contains(&name) {
                 w.get(&name, &[n_pos, d])
             } else {
                 Ok(table.clone())
@@ -308,6 +364,9 @@ impl BartModel {
             None => vec![0.0; tgt_vocab],
         };
         Ok(BartModel {
+            encoder_norms: StackNorms::load(w, &arch, "encoder", d)?,
+            decoder_norms: StackNorms::load(w, &arch, "decoder", d)?,
+            arch,
             logits_bias,
             embed_scale: if config.scale_embedding {
                 (d as f64).sqrt()
@@ -357,60 +416,78 @@ impl BartModel {
             ));
         }
         let x = (embedding(table, ids)? * self.embed_scale)?;
-        let pos = positions.narrow(0, past, t)?;
+        let pos = positions.narrow(0, past + self.arch.position_offset, t)?;
         Ok(x.broadcast_add(&pos)?)
+    }
+
+    /// Feed-forward block: fc2(act(fc1(x))).
+    fn ffn(&self, fc1: &Linear, fc2: &Linear, x: &Tensor) -> Result<Tensor> {
+        fc2.forward(&self.activation.forward(&fc1.forward(x)?)?)
+    }
+
+    /// One residual sub-layer, post-norm (`ln(h + f(h))`) or pre-norm
+    /// (`h + f(ln(h))`) as the architecture says.
+    fn sublayer(
+        &self,
+        h: Tensor,
+        ln: &LayerNorm,
+        f: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        if self.arch.pre_norm {
+            let y = f(&ln.forward(&h)?)?;
+            Ok((h + y)?)
+        } else {
+            let y = f(&h)?;
+            ln.forward(&(h + y)?)
+        }
     }
 
     /// Encoder hidden states [b, s, d] for a padded batch.
     pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)> {
         let mask = padding_mask(attention_mask, self.dtype)?;
-        let mut h = self.embed(&self.encoder_embed, &self.encoder_positions, input_ids, 0)?;
+        let h = self.embed(&self.encoder_embed, &self.encoder_positions, input_ids, 0)?;
+        let mut h = norm(&self.encoder_norms.embedding, h)?;
         for l in &self.encoder_layers {
-            let a = l.self_attn.self_attention(&h, Some(&mask), None, None)?;
-            h = l.self_attn_layer_norm.forward(&(h + a)?)?;
-            let f = l
-                .fc2
-                .forward(&self.activation.forward(&l.fc1.forward(&h)?)?)?;
-            h = l.final_layer_norm.forward(&(h + f)?)?;
+            h = self.sublayer(h, &l.self_attn_layer_norm, |x| {
+                l.self_attn.self_attention(x, Some(&mask), None, None)
+            })?;
+            h = self.sublayer(h, &l.final_layer_norm, |x| self.ffn(&l.fc1, &l.fc2, x))?;
         }
-        Ok((h, mask))
+        Ok((norm(&self.encoder_norms.last, h)?, mask))
     }
 
     /// Decoder over `tokens` [rows, t] after `state.past` cached positions;
     /// returns the final hidden states [rows, t, d].
     fn decode(&self, state: &mut BartState, tokens: &Tensor) -> Result<Tensor> {
         let (_, t) = tokens.dims2()?;
-        let mut h = self.embed(
+        let h = self.embed(
             &self.decoder_embed,
             &self.decoder_positions,
             tokens,
             state.past,
         )?;
+        let mut h = norm(&self.decoder_norms.embedding, h)?;
         let causal = if t > 1 {
             Some(causal_mask(t, state.past, self.dtype, &self.device)?)
         } else {
             None
         };
         for (i, l) in self.decoder_layers.iter().enumerate() {
-            let a = l.self_attn.self_attention(
-                &h,
-                causal.as_ref(),
-                Some(&mut state.cache[i]),
-                state.pending.as_deref(),
-            )?;
-            h = l.self_attn_layer_norm.forward(&(h + a)?)?;
-            let c =
+            let cache = &mut state.cache[i];
+            let pending = state.pending.as_deref();
+            h = self.sublayer(h, &l.self_attn_layer_norm, |x| {
+                l.self_attn
+                    .self_attention(x, causal.as_ref(), Some(cache), pending)
+            })?;
+            h = self.sublayer(h, &l.encoder_attn_layer_norm, |x| {
                 l.encoder_attn
-                    .cross_attention(&h, &state.cross[i], &state.mask, state.group)?;
-            h = l.encoder_attn_layer_norm.forward(&(h + c)?)?;
-            let f = l
-                .fc2
-                .forward(&self.activation.forward(&l.fc1.forward(&h)?)?)?;
-            h = l.final_layer_norm.forward(&(h + f)?)?;
+                    .cross_attention(x, &state.cross[i], &state.mask, state.group)
+            })?;
+            h = self.sublayer(h, &l.final_layer_norm, |x| self.ffn(&l.fc1, &l.fc2, x))?;
         }
         state.past += t;
         state.pending = None;
-        Ok(h)
+        norm(&self.decoder_norms.last, h)
     }
 
     /// Logits [rows, t, vocab] (f32) for a whole decoder prefix: teacher forcing,

@@ -9,8 +9,9 @@ use transum::generation::{EarlyStopping, GenerationOverrides};
 use transum::hub::{self, HubOptions, ModelSpec};
 use transum::Translator;
 
-/// The three fixture checkpoints (see tests/fixtures/make_fixtures.py).
-pub const MODELS: [&str; 3] = ["marian-a", "marian-b", "marian-c"];
+/// The fixture checkpoints (see tests/fixtures/make_fixtures.py): three
+/// Marian translators, then a BART and a Pegasus summarizer.
+pub const MODELS: [&str; 5] = ["marian-a", "marian-b", "marian-c", "bart-a", "pegasus-a"];
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -43,6 +44,8 @@ pub fn overrides(settings: &Value) -> GenerationOverrides {
         max_length: u("max_length"),
         max_new_tokens: u("max_new_tokens"),
         min_new_tokens: u("min_new_tokens"),
+        min_length: u("min_length"),
+        no_repeat_ngram_size: u("no_repeat_ngram_size"),
         length_penalty: settings
             .get("length_penalty")
             .and_then(Value::as_f64)

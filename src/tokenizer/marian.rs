@@ -22,6 +22,7 @@ use tokenizers::models::unigram::Unigram;
 use tokenizers::normalizers::Precompiled;
 use tokenizers::{NormalizedString, Normalizer};
 
+use super::read_json;
 use crate::error::{Error, Result};
 
 const SPACE_SYMBOL: char = '\u{2581}';
@@ -271,25 +272,6 @@ pub struct MarianTokenizer {
 }
 
 /// Read and parse a JSON file, naming the file on failure.
-pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::file(
-            path,
-            "cannot read",
-            "check that the model directory is complete",
-            Some(Box::new(e)),
-        )
-    })?;
-    serde_json::from_str(&text).map_err(|e| {
-        Error::file(
-            path,
-            "is not valid JSON",
-            "the file is corrupt; fetch it again",
-            Some(Box::new(e)),
-        )
-    })
-}
-
 fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
     let value = read_json(path)?;
     let map = value.as_object().ok_or_else(|| {

@@ -1,0 +1,89 @@
+//! Tokenizers, one per checkpoint family, behind [`TextTokenizer`]:
+//! Marian's two SentencePiece models + `vocab.json` (`marian.rs`) and the
+//! summarizers' `tokenizers`-library tokenizers, BART's byte-level BPE and
+//! Pegasus' unigram (`hf.rs`). Each reproduces transformers 5 exactly; the
+//! model side only ever sees ids.
+
+mod hf;
+mod marian;
+
+use std::path::Path;
+
+pub use hf::HfTokenizer;
+pub use marian::{MarianTokenizer, TokenizerFiles};
+
+use crate::error::{Error, Result};
+
+/// Read and parse a JSON file of a checkpoint.
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::file(
+            path,
+            "cannot read",
+            "check that the model directory is complete",
+            Some(Box::new(e)),
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::file(
+            path,
+            "is not valid JSON",
+            "the file is corrupt; fetch it again",
+            Some(Box::new(e)),
+        )
+    })
+}
+
+/// The tokenizer of a checkpoint, whichever family it belongs to.
+pub enum TextTokenizer {
+    Marian(MarianTokenizer),
+    Hf(HfTokenizer),
+}
+
+impl TextTokenizer {
+    /// The tokenizer for a checkpoint directory of `model_type` (config.json).
+    pub fn from_dir(dir: &Path, model_type: &str) -> Result<Self> {
+        Ok(match model_type {
+            "marian" => TextTokenizer::Marian(MarianTokenizer::from_dir(dir)?),
+            _ => TextTokenizer::Hf(HfTokenizer::from_dir(dir)?),
+        })
+    }
+
+    /// Ids of `text`, special tokens added as the checkpoint does.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            TextTokenizer::Marian(t) => t.encode(text),
+            TextTokenizer::Hf(t) => t.encode(text),
+        }
+    }
+
+    /// Text of generated `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match self {
+            TextTokenizer::Marian(t) => t.decode(ids),
+            TextTokenizer::Hf(t) => t.decode(ids),
+        }
+    }
+
+    pub fn eos_id(&self) -> u32 {
+        match self {
+            TextTokenizer::Marian(t) => t.eos_id(),
+            TextTokenizer::Hf(t) => t.eos_id(),
+        }
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        match self {
+            TextTokenizer::Marian(t) => t.pad_id(),
+            TextTokenizer::Hf(t) => t.pad_id(),
+        }
+    }
+
+    /// Number of ids the tokenizer can produce.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            TextTokenizer::Marian(t) => t.vocab_size(),
+            TextTokenizer::Hf(t) => t.vocab_size(),
+        }
+    }
+}
