@@ -12,14 +12,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use transum::device::Placement;
 use transum::generation::GenerationOverrides;
 use transum::hub::{self, HubOptions, ModelSpec};
+use transum::summary::{Article, Summarizer, DEFAULT_SUMMARY_MODEL};
 use transum::{Translator, DEFAULT_MODEL};
 
 const EXAMPLES: &str = "\
 Examples:
-  Nightly job (cron): translate every article of corpus/ into outputs/, models from models/ only:
+  Nightly job (cron): translate every article of corpus/ into outputs/ and write one merged
+  summary (outputs/summary.md), models from models/ only:
     15 2 * * *  cd /srv/transum && transum run --offline >> run.log 2>&1
-  Fetch the model once on a connected machine (then copy models/ over):
+  Fetch the models once on a connected machine (then copy models/ over):
     transum download
+  Summarize English files without any model weights, 100 words at most:
+    transum summarize outputs/*.en.txt --summarizer extractive --max-words 100
   Translate a file, one output line per input line:
     transum translate article.txt > article.en.txt
   Translate from stdin, splitting lines into sentences first:
@@ -29,7 +33,8 @@ Examples:
   Use only the local model cache (no network):
     transum translate article.txt --offline";
 
-/// Translate news articles into English with Marian/OPUS-MT models run through candle.
+/// Translate news articles into English with Marian/OPUS-MT models run through candle,
+/// and write one merged English summary of them (each fact once, with its sources).
 #[derive(Debug, Parser)]
 #[command(name = "transum", version, about, after_help = EXAMPLES)]
 pub struct Cli {
@@ -43,7 +48,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Translate every article of the corpus into outputs/, with a manifest.
+    /// Translate every article of the corpus into outputs/, then write one merged summary and a manifest.
     #[command(after_help = EXAMPLES)]
     Run(RunArgs),
     /// Translate one text file (or stdin) into English on stdout.
@@ -52,6 +57,58 @@ pub enum Command {
     /// Fetch everything a run needs into the model cache (for offline machines).
     #[command(after_help = EXAMPLES)]
     Download(DownloadArgs),
+    /// Write one merged summary of English articles: each fact once, with its sources.
+    #[command(after_help = EXAMPLES)]
+    Summarize(SummarizeArgs),
+}
+
+/// Which summarizer writes the merged summary.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SummarizerKind {
+    /// A BART/Pegasus model rewrites the deduplicated, ranked sentences (needs the model).
+    Abstractive,
+    /// One source sentence per fact, most-reported facts first; no model weights.
+    Extractive,
+    /// No summary (`run` only).
+    None,
+}
+
+/// Summary settings shared by `run` and `summarize`.
+#[derive(Debug, Args)]
+pub struct SummaryArgs {
+    /// How the summary is written.
+    #[arg(long, value_enum, default_value_t = SummarizerKind::Abstractive)]
+    pub summarizer: SummarizerKind,
+
+    /// Abstractive model: a hub id `org/name[@revision]` or a local directory (BART or Pegasus).
+    #[arg(long, default_value = DEFAULT_SUMMARY_MODEL)]
+    pub summary_model: String,
+
+    /// Word budget of the summary.
+    #[arg(long, default_value_t = 150)]
+    pub max_words: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SummarizeArgs {
+    /// English text files, one article each (paragraphs separated by blank lines).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub summary: SummaryArgs,
+
+    /// Write summary.md and summary.json into this directory instead of printing Markdown.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+
+    /// Cache directory for downloaded models (hub layout).
+    #[arg(long, env = "TRANSUM_MODELS", default_value = "models")]
+    pub models_dir: PathBuf,
+
+    /// Never use the network; read models from the cache only.
+    #[arg(long, env = "HF_HUB_OFFLINE", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0, default_missing_value = "true")]
+    pub offline: bool,
 }
 
 #[derive(Debug, Args)]
@@ -69,12 +126,15 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub search: SearchArgs,
+
+    #[command(flatten)]
+    pub summary: SummaryArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    /// Models to fetch (hub ids `org/name[@revision]`); default: the translation model.
-    #[arg(default_values_t = [DEFAULT_MODEL.to_string()])]
+    /// Models to fetch (hub ids `org/name[@revision]`); default: the translation and summary models.
+    #[arg(default_values_t = [DEFAULT_MODEL.to_string(), DEFAULT_SUMMARY_MODEL.to_string()])]
     pub models: Vec<String>,
 
     /// Cache directory for downloaded models (hub layout).
@@ -164,7 +224,82 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run_corpus(args),
         Command::Translate(args) => translate(args),
         Command::Download(args) => download(args),
+        Command::Summarize(args) => summarize(args),
     }
+}
+
+/// Load the summarizer `args` ask for (`None` for `--summarizer none`).
+fn load_summarizer(
+    args: &SummaryArgs,
+    models_dir: &std::path::Path,
+    offline: bool,
+) -> Result<Option<Summarizer>> {
+    if args.max_words == 0 {
+        anyhow::bail!("--max-words must be at least 1\n  hint: the default is 150");
+    }
+    Ok(match args.summarizer {
+        SummarizerKind::None => None,
+        SummarizerKind::Extractive => Some(Summarizer::Extractive),
+        SummarizerKind::Abstractive => {
+            let spec = ModelSpec::parse(&args.summary_model)?;
+            let files = hub::resolve(
+                &spec,
+                &HubOptions {
+                    cache_dir: models_dir.to_path_buf(),
+                    offline,
+                    endpoint: None,
+                },
+            )?;
+            let model =
+                Translator::load(&files, &Placement::cpu(), &GenerationOverrides::default())?;
+            let kind = model.model.config().model_type.clone();
+            if kind == "marian" {
+                anyhow::bail!(
+                    "--summary-model {}: is a Marian translation model, not a summarizer\n  hint: use a BART or Pegasus summarization checkpoint, e.g. {DEFAULT_SUMMARY_MODEL}, or --summarizer extractive",
+                    args.summary_model
+                );
+            }
+            Some(Summarizer::Abstractive {
+                model: Box::new(model),
+                id: args.summary_model.clone(),
+                record: files.record()?,
+            })
+        }
+    })
+}
+
+fn summarize(args: SummarizeArgs) -> Result<ExitCode> {
+    if args.summary.summarizer == SummarizerKind::None {
+        anyhow::bail!("--summarizer none makes no summary\n  hint: use extractive or abstractive");
+    }
+    let mut articles = Vec::with_capacity(args.files.len());
+    for f in &args.files {
+        let text = read_input(&f.to_string_lossy())?;
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| f.display().to_string());
+        articles.push(Article { name, text });
+    }
+    let summarizer = load_summarizer(&args.summary, &args.models_dir, args.offline)?
+        .expect("none was rejected above");
+    let summary = summarizer.summarize(&articles, args.summary.max_words)?;
+    match &args.output {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("{}: cannot create the output directory", dir.display())
+            })?;
+            summary.write(dir)?;
+            eprintln!(
+                "summary of {} article(s), {} sentence(s): {}",
+                articles.len(),
+                summary.sentences.len(),
+                dir.join("summary.md").display()
+            );
+        }
+        None => print!("{}", summary.to_markdown()),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_translator(
@@ -195,6 +330,8 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
     }
     let (translator, files) = load_translator(&args.model, &args.search)?;
     let record = files.record()?;
+    // Loaded before translating: a missing summary model is a setup error, found at once.
+    let summarizer = load_summarizer(&args.summary, &args.model.models_dir, args.model.offline)?;
     let tty = std::io::stderr().is_terminal();
     // On a terminal: an overall bar (articles) and a bar for the current article (segments).
     let multi = indicatif::MultiProgress::new();
@@ -216,10 +353,12 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
     let opts = transum::pipeline::RunOptions {
         corpus: args.corpus.clone(),
         outputs: args.outputs.clone(),
+        max_words: args.summary.max_words,
     };
     let manifest = transum::pipeline::run(
         &translator,
         record,
+        summarizer.as_ref(),
         &opts,
         |path, i, n| {
             let name = path
@@ -256,10 +395,32 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         manifest.tokens_per_second,
         args.outputs.join("manifest.json").display()
     );
-    if failed.is_empty() {
+    let summary_failed = match &manifest.summary {
+        Some(s) if s.status == "ok" => {
+            eprintln!(
+                "{} summary of {} article(s), {} sentence(s): {}",
+                s.summarizer,
+                s.articles,
+                s.sentences,
+                args.outputs.join("summary.md").display()
+            );
+            false
+        }
+        Some(s) => {
+            eprintln!(
+                "summary failed: {}",
+                s.error.as_deref().unwrap_or("unknown error")
+            );
+            true
+        }
+        None => false,
+    };
+    if failed.is_empty() && !summary_failed {
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("{} article(s) failed:", failed.len());
+    if !failed.is_empty() {
+        eprintln!("{} article(s) failed:", failed.len());
+    }
     for a in failed {
         eprintln!(
             "  {}: {}",

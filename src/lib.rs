@@ -15,6 +15,7 @@ pub mod hub;
 pub mod kernels;
 pub mod models;
 pub mod pipeline;
+pub mod summary;
 pub mod text;
 pub mod tokenizer;
 pub mod translate;

@@ -24,6 +24,8 @@ use crate::Translator;
 pub struct RunOptions {
     pub corpus: PathBuf,
     pub outputs: PathBuf,
+    /// Word budget of the summary.
+    pub max_words: usize,
 }
 
 /// The model's identity for the manifest.
@@ -67,6 +69,8 @@ pub struct Manifest {
     pub generation: crate::generation::GenerationOptions,
     pub batch_tokens: usize,
     pub articles: Vec<ArticleRecord>,
+    /// The summary stage (absent when the run made no summary).
+    pub summary: Option<crate::summary::SummaryRecord>,
     pub seconds: f64,
     pub output_tokens: usize,
     pub tokens_per_second: f64,
@@ -248,11 +252,14 @@ pub fn output_name(source: &Path) -> String {
     format!("{stem}.en.txt")
 }
 
-/// Run over the corpus. Article failures are recorded, not returned; the
-/// error is for setup problems (corpus or outputs directory unusable).
+/// Run over the corpus, then summarize the English articles when a
+/// summarizer is given (`summary.md`, `summary.json`). Article and summary
+/// failures are recorded, not returned; the error is for setup problems
+/// (corpus or outputs directory unusable).
 pub fn run(
     translator: &Translator,
     model: ModelRecord,
+    summarizer: Option<&crate::summary::Summarizer>,
     opts: &RunOptions,
     mut on_article: impl FnMut(&Path, usize, usize),
     mut on_progress: impl FnMut(&Path, usize, usize),
@@ -268,6 +275,7 @@ pub fn run(
     })?;
     let start = Instant::now();
     let mut records = Vec::with_capacity(articles.len());
+    let mut english = Vec::with_capacity(articles.len());
     for (i, path) in articles.iter().enumerate() {
         on_article(path, i, articles.len());
         let t0 = Instant::now();
@@ -294,6 +302,10 @@ pub fn run(
         .and_then(|text| {
             let name = output_name(path);
             write_atomic(&opts.outputs.join(&name), text.as_bytes())?;
+            english.push(crate::summary::Article {
+                name: rec.source.clone(),
+                text,
+            });
             Ok(name)
         });
         match result {
@@ -307,6 +319,25 @@ pub fn run(
         rec.seconds = t0.elapsed().as_secs_f64();
         records.push(rec);
     }
+    let summary = summarizer.map(|s| {
+        let t0 = Instant::now();
+        let result = if english.is_empty() {
+            Err("no article was translated, so there is nothing to summarize".to_string())
+        } else {
+            s.summarize(&english, opts.max_words)
+                .and_then(|summary| summary.write(&opts.outputs).map(|_| summary))
+                .map_err(|e| {
+                    tracing::error!("summary: {e}");
+                    e.to_string()
+                })
+        };
+        s.record(
+            opts.max_words,
+            &result,
+            english.len(),
+            t0.elapsed().as_secs_f64(),
+        )
+    });
     let seconds = start.elapsed().as_secs_f64();
     let output_tokens: usize = records.iter().map(|r| r.output_tokens).sum();
     let manifest = Manifest {
@@ -318,6 +349,7 @@ pub fn run(
         generation: translator.options.clone(),
         batch_tokens: translator.batch_tokens,
         articles: records,
+        summary,
         seconds,
         output_tokens,
         tokens_per_second: if seconds > 0.0 {

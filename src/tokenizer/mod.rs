@@ -36,16 +36,16 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
 
 /// The tokenizer of a checkpoint, whichever family it belongs to.
 pub enum TextTokenizer {
-    Marian(MarianTokenizer),
-    Hf(HfTokenizer),
+    Marian(Box<MarianTokenizer>),
+    Hf(Box<HfTokenizer>),
 }
 
 impl TextTokenizer {
     /// The tokenizer for a checkpoint directory of `model_type` (config.json).
     pub fn from_dir(dir: &Path, model_type: &str) -> Result<Self> {
         Ok(match model_type {
-            "marian" => TextTokenizer::Marian(MarianTokenizer::from_dir(dir)?),
-            _ => TextTokenizer::Hf(HfTokenizer::from_dir(dir)?),
+            "marian" => TextTokenizer::Marian(Box::new(MarianTokenizer::from_dir(dir)?)),
+            _ => TextTokenizer::Hf(Box::new(HfTokenizer::from_dir(dir)?)),
         })
     }
 

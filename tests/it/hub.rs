@@ -15,7 +15,7 @@ use crate::harness::{fixture_model, repo, transum, transum_env, TempDir};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-/// Serves `dir`'s files as repo `test-org/tiny-marian` until dropped.
+/// Serves each `(repo id, dir)`'s files at the hub's resolve URLs until dropped.
 struct HubServer {
     url: String,
     stop: Arc<AtomicBool>,
@@ -23,7 +23,7 @@ struct HubServer {
 }
 
 impl HubServer {
-    fn start(dir: PathBuf) -> Self {
+    fn start(repos: Vec<(&'static str, PathBuf)>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -35,7 +35,7 @@ impl HubServer {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
-                        serve(stream, &dir);
+                        serve(stream, &repos);
                     }
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
                 }
@@ -58,7 +58,7 @@ impl Drop for HubServer {
     }
 }
 
-fn serve(mut stream: std::net::TcpStream, dir: &std::path::Path) {
+fn serve(mut stream: std::net::TcpStream, repos: &[(&'static str, PathBuf)]) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request = String::new();
     reader.read_line(&mut request).unwrap();
@@ -76,10 +76,12 @@ fn serve(mut stream: std::net::TcpStream, dir: &std::path::Path) {
         }
     }
     let path = request.split_whitespace().nth(1).unwrap_or("");
-    let prefix = "/test-org/tiny-marian/resolve/main/";
-    let file = path
-        .strip_prefix(prefix)
-        .map(|f| dir.join(f))
+    let file = repos
+        .iter()
+        .find_map(|(id, dir)| {
+            path.strip_prefix(&format!("/{id}/resolve/main/"))
+                .map(|f| dir.join(f))
+        })
         .filter(|p| p.is_file());
     let Some(file) = file else {
         let _ = stream
@@ -114,10 +116,13 @@ fn download_then_offline_run_without_the_server() {
     )
     .unwrap();
     {
-        let server = HubServer::start(fixture_model("marian-a"));
+        let server = HubServer::start(vec![
+            ("test-org/tiny-marian", fixture_model("marian-a")),
+            ("test-org/tiny-bart", fixture_model("bart-a")),
+        ]);
         let out = transum_env(
             dir.path(),
-            &["download", "test-org/tiny-marian"],
+            &["download", "test-org/tiny-marian", "test-org/tiny-bart"],
             None,
             &[("HF_ENDPOINT", &server.url)],
         );
@@ -153,6 +158,8 @@ fn download_then_offline_run_without_the_server() {
             "run",
             "--model",
             "test-org/tiny-marian",
+            "--summary-model",
+            "test-org/tiny-bart",
             "--offline",
             "--beams",
             "1",
@@ -174,6 +181,9 @@ fn download_then_offline_run_without_the_server() {
     assert_eq!(m["model"]["id"], "test-org/tiny-marian");
     assert_eq!(m["model"]["revision"], "main");
     assert_eq!(m["model"]["resolved_revision"], COMMIT);
+    assert_eq!(m["summary"]["model"]["id"], "test-org/tiny-bart");
+    assert_eq!(m["summary"]["status"], "ok");
+    assert!(m["summary"]["model"]["files"]["tokenizer.json"].is_string());
     assert!(dir
         .path()
         .join("outputs/000_9b90b2f7d3885cef.en.txt")
@@ -182,7 +192,14 @@ fn download_then_offline_run_without_the_server() {
     // A model that was never downloaded: a clear error naming the file and the fix.
     let out = transum(
         dir.path(),
-        &["run", "--model", "test-org/other-model", "--offline"],
+        &[
+            "run",
+            "--model",
+            "test-org/other-model",
+            "--offline",
+            "--summarizer",
+            "extractive",
+        ],
         None,
     );
     assert_eq!(out.status.code(), Some(2));

@@ -8,4 +8,5 @@ mod cli;
 mod hub;
 mod parity;
 mod run;
+mod summary;
 mod units;

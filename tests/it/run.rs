@@ -81,6 +81,8 @@ fn run_args(model: &str) -> Vec<&str> {
         "1",
         "--max-new-tokens",
         "8",
+        "--summarizer",
+        "extractive",
     ]
 }
 
@@ -102,7 +104,10 @@ fn assert_no_partial_files(dir: &Path) {
     for e in std::fs::read_dir(dir.join("outputs")).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(
-            name == "manifest.json" || name.ends_with(".en.txt"),
+            name == "manifest.json"
+                || name == "summary.md"
+                || name == "summary.json"
+                || name.ends_with(".en.txt"),
             "unexpected file in outputs/: {name}"
         );
     }
@@ -113,7 +118,11 @@ fn run_translates_the_corpus_with_a_manifest() {
     let dir = TempDir::new("run");
     copy_corpus(&dir.path().join("corpus"));
     let model = fixture_model("marian-a");
-    let out = transum(dir.path(), &run_args(model.to_str().unwrap()), None);
+    let bart = fixture_model("bart-a");
+    let mut args = run_args(model.to_str().unwrap());
+    args.truncate(args.len() - 2);
+    args.extend(["--summary-model", bart.to_str().unwrap()]);
+    let out = transum(dir.path(), &args, None);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -161,6 +170,29 @@ fn run_translates_the_corpus_with_a_manifest() {
         transum::pipeline::sha256_file(&model.join("model.safetensors")).unwrap()
     );
     assert!(m["tokens_per_second"].as_f64().unwrap() > 0.0);
+    // The summary stage ran last, with the default (abstractive) summarizer.
+    let s = &m["summary"];
+    assert_eq!(s["summarizer"], "abstractive");
+    assert_eq!(s["status"], "ok");
+    assert_eq!(s["articles"], 5);
+    assert_eq!(s["generation"]["num_beams"], 4);
+    assert_eq!(s["generation"]["no_repeat_ngram_size"], 3);
+    assert_eq!(
+        s["model"]["files"]["model.safetensors"].as_str().unwrap(),
+        transum::pipeline::sha256_file(&bart.join("model.safetensors")).unwrap()
+    );
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("outputs/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["summarizer"], "abstractive");
+    assert!(summary["raw_output"].is_string());
+    assert_eq!(summary["articles"].as_array().unwrap().len(), 5);
+    assert!(
+        std::fs::read_to_string(dir.path().join("outputs/summary.md"))
+            .unwrap()
+            .starts_with("# Summary")
+    );
     assert_no_partial_files(dir.path());
 }
 
@@ -199,7 +231,11 @@ fn bad_articles_fail_alone_and_name_the_file() {
     write("run-on.txt", vec!["mot"; 3000].join(" ").as_bytes());
 
     let model = fixture_model("marian-a");
-    let out = transum(dir.path(), &run_args(model.to_str().unwrap()), None);
+    let bart = fixture_model("bart-a");
+    let mut args = run_args(model.to_str().unwrap());
+    args.truncate(args.len() - 2);
+    args.extend(["--summary-model", bart.to_str().unwrap()]);
+    let out = transum(dir.path(), &args, None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),

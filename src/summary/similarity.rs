@@ -1,0 +1,443 @@
+//! When do two English sentences state the same fact? The measure behind
+//! grouping, redundancy checks and provenance.
+//!
+//! A sentence becomes a bag of content terms: lower-cased words, English stop
+//! words and newsroom filler ("said", "reported") removed, Snowball-stemmed
+//! (`rust-stemmers`), numbers kept with their digit grouping removed ("8,000",
+//! "8 000" and "8000" are one term). Terms are weighted by TF-IDF over the
+//! sentences being compared, so a word every sentence shares (the story's main
+//! name) counts for less than a detail (a date, a figure). Similarity is the
+//! cosine of two such vectors, in [0, 1].
+//!
+//! Thresholds, chosen on paraphrase pairs (see the tests) and kept as named
+//! constants so the whole tool uses one definition:
+//! - [`SAME_FACT`]: at or above it, two sentences state the same fact.
+//! - [`RELATED`]: below it, a sentence shares nothing substantial with another.
+
+use std::collections::HashMap;
+
+use rust_stemmers::{Algorithm, Stemmer};
+
+/// Cosine similarity at or above which two sentences state the same fact.
+pub const SAME_FACT: f32 = 0.3;
+/// Cosine similarity below which a sentence is unrelated to another.
+pub const RELATED: f32 = 0.15;
+/// Cosine similarity at or above which a source sentence supports a generated
+/// (abstractive) sentence. Lower than [`SAME_FACT`]: the model rewords and
+/// merges facts, so a faithful sentence shares less wording with each source.
+pub const SUPPORTS: f32 = 0.25;
+
+/// Function words and newsroom filler that say nothing about the fact.
+const STOP_WORDS: &[&str] = &[
+    "a",
+    "about",
+    "above",
+    "after",
+    "again",
+    "against",
+    "all",
+    "also",
+    "am",
+    "an",
+    "and",
+    "any",
+    "are",
+    "as",
+    "at",
+    "be",
+    "because",
+    "been",
+    "before",
+    "being",
+    "below",
+    "between",
+    "both",
+    "but",
+    "by",
+    "can",
+    "could",
+    "did",
+    "do",
+    "does",
+    "doing",
+    "down",
+    "during",
+    "each",
+    "few",
+    "for",
+    "from",
+    "further",
+    "had",
+    "has",
+    "have",
+    "having",
+    "he",
+    "her",
+    "here",
+    "hers",
+    "herself",
+    "him",
+    "himself",
+    "his",
+    "how",
+    "i",
+    "if",
+    "in",
+    "into",
+    "is",
+    "it",
+    "its",
+    "itself",
+    "just",
+    "me",
+    "more",
+    "most",
+    "my",
+    "myself",
+    "no",
+    "nor",
+    "not",
+    "now",
+    "of",
+    "off",
+    "on",
+    "once",
+    "only",
+    "or",
+    "other",
+    "our",
+    "ours",
+    "ourselves",
+    "out",
+    "over",
+    "own",
+    "same",
+    "she",
+    "should",
+    "so",
+    "some",
+    "such",
+    "than",
+    "that",
+    "the",
+    "their",
+    "theirs",
+    "them",
+    "themselves",
+    "then",
+    "there",
+    "these",
+    "they",
+    "this",
+    "those",
+    "through",
+    "to",
+    "too",
+    "under",
+    "until",
+    "up",
+    "very",
+    "was",
+    "we",
+    "were",
+    "what",
+    "when",
+    "where",
+    "which",
+    "while",
+    "who",
+    "whom",
+    "why",
+    "will",
+    "with",
+    "would",
+    "you",
+    "your",
+    "yours",
+    "yourself",
+    "said",
+    "says",
+    "say",
+    "told",
+    "according",
+    "reported",
+    "reports",
+    "added",
+    "stated",
+    "mr",
+    "mrs",
+    "ms",
+    "s",
+    "t",
+    "would",
+    "may",
+    "might",
+    "must",
+    "shall",
+    "one",
+    "yet",
+    "since",
+    "however",
+    "therefore",
+    "thus",
+    "whether",
+    "within",
+    "without",
+    "upon",
+    "via",
+];
+
+/// Content terms of a sentence, in order (with repeats): stemmed content words.
+pub fn terms(sentence: &str) -> Vec<String> {
+    thread_local! {
+        static STEMMER: Stemmer = Stemmer::create(Algorithm::English);
+    }
+    content_words(sentence)
+        .into_iter()
+        .map(|w| {
+            if w.starts_with(|c: char| c.is_numeric()) {
+                w
+            } else {
+                STEMMER.with(|s| s.stem(&w).into_owned())
+            }
+        })
+        .collect()
+}
+
+/// Lower-cased words minus stop words, and numbers without digit grouping.
+pub fn content_words(sentence: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = sentence.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_numeric() {
+            // A number with its grouping (spaces, commas, dots between digit
+            // groups of three) removed: "8 000" == "8,000" == "8000".
+            let mut num = String::new();
+            while i < chars.len() {
+                let c = chars[i];
+                if c.is_numeric() {
+                    num.push(c);
+                    i += 1;
+                } else if matches!(c, ' ' | '\u{a0}' | '\u{202f}' | ',' | '.')
+                    && i + 3 < chars.len()
+                    && chars[i + 1..=i + 3].iter().all(|d| d.is_numeric())
+                    && !chars.get(i + 4).is_some_and(|d| d.is_numeric())
+                {
+                    i += 1; // a group separator
+                } else {
+                    break;
+                }
+            }
+            out.push(num);
+        } else if c.is_alphabetic() {
+            let mut w = String::new();
+            while i < chars.len() && (chars[i].is_alphanumeric() || is_inner_apostrophe(&chars, i))
+            {
+                w.extend(chars[i].to_lowercase());
+                i += 1;
+            }
+            // Possessives and contractions: "Putin's" -> "putin".
+            let w = w.replace('’', "'");
+            let w = w.split('\'').next().unwrap_or("").to_string();
+            if !w.is_empty() && !STOP_WORDS.contains(&w.as_str()) {
+                out.push(w);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn is_inner_apostrophe(chars: &[char], i: usize) -> bool {
+    matches!(chars[i], '\'' | '’')
+        && i > 0
+        && chars[i - 1].is_alphabetic()
+        && chars.get(i + 1).is_some_and(|c| c.is_alphabetic())
+}
+
+/// TF-IDF vectors of a fixed set of bags of features, L2-normalised, so that
+/// cosine similarity is a dot product.
+struct TfIdf {
+    vectors: Vec<Vec<(u32, f32)>>,
+    vocab: HashMap<String, u32>,
+    idf: Vec<f32>,
+}
+
+impl TfIdf {
+    fn new(bags: Vec<Vec<String>>) -> Self {
+        let mut vocab: HashMap<String, u32> = HashMap::new();
+        let ids: Vec<Vec<u32>> = bags
+            .into_iter()
+            .map(|b| {
+                let mut ids: Vec<u32> = b
+                    .into_iter()
+                    .map(|t| {
+                        let n = vocab.len() as u32;
+                        *vocab.entry(t).or_insert(n)
+                    })
+                    .collect();
+                ids.sort_unstable();
+                ids
+            })
+            .collect();
+        let mut df = vec![0u32; vocab.len()];
+        for b in &ids {
+            let mut u = b.clone();
+            u.dedup();
+            for t in u {
+                df[t as usize] += 1;
+            }
+        }
+        let n = ids.len() as f32;
+        // Smoothed IDF (as scikit-learn's): never zero, so a feature shared by
+        // every sentence still counts a little.
+        let idf: Vec<f32> = df
+            .iter()
+            .map(|&d| ((1.0 + n) / (1.0 + d as f32)).ln() + 1.0)
+            .collect();
+        let vectors = ids
+            .iter()
+            .map(|b| normalise(b.iter().map(|&t| (t, idf[t as usize])).collect()))
+            .collect();
+        TfIdf {
+            vectors,
+            vocab,
+            idf,
+        }
+    }
+
+    /// Vector of a bag outside the index. Unseen features get the highest IDF
+    /// (they are rare by definition) and stable hashed ids in the upper half of
+    /// the id space, so two outside vectors compare correctly with each other.
+    fn vector(&self, bag: Vec<String>) -> Vec<(u32, f32)> {
+        use std::hash::{Hash, Hasher};
+        let unseen = (1.0 + self.vectors.len() as f32).ln() + 1.0;
+        normalise(
+            bag.into_iter()
+                .map(|t| match self.vocab.get(&t) {
+                    Some(&id) => (id, self.idf[id as usize]),
+                    None => {
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        t.hash(&mut h);
+                        let half = u32::MAX / 2;
+                        (half + (h.finish() % u64::from(half)) as u32, unseen)
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Sum weights of equal ids (term frequency) and L2-normalise.
+fn normalise(mut ids: Vec<(u32, f32)>) -> Vec<(u32, f32)> {
+    ids.sort_by_key(|p| p.0);
+    let mut v: Vec<(u32, f32)> = Vec::with_capacity(ids.len());
+    for (t, w) in ids {
+        match v.last_mut() {
+            Some((last, acc)) if *last == t => *acc += w,
+            _ => v.push((t, w)),
+        }
+    }
+    let norm = v.iter().map(|(_, w)| w * w).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for (_, w) in &mut v {
+            *w /= norm;
+        }
+    }
+    v
+}
+
+/// Character 4-grams of the content words ("_norway_" -> "_nor", "norw", ...):
+/// they let "Norway"/"Norwegian" and "rail"/"railway" overlap, which stems miss.
+pub fn char_grams(sentence: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for w in content_words(sentence) {
+        let padded: Vec<char> = format!("_{w}_").chars().collect();
+        if padded.len() <= 4 {
+            out.push(padded.iter().collect());
+        } else {
+            out.extend(padded.windows(4).map(|g| g.iter().collect::<String>()));
+        }
+    }
+    out
+}
+
+/// Similarity of sentences: the mean of the cosine of stem TF-IDF vectors and
+/// the cosine of character 4-gram TF-IDF vectors, over a fixed set of sentences.
+pub struct SimilarityIndex {
+    words: TfIdf,
+    grams: TfIdf,
+}
+
+/// An outside sentence's vectors (see [`SimilarityIndex::vector`]).
+#[derive(Debug, Clone)]
+pub struct Vector {
+    words: Vec<(u32, f32)>,
+    grams: Vec<(u32, f32)>,
+}
+
+impl Vector {
+    /// Similarity of two outside sentences.
+    pub fn sim(&self, other: &Vector) -> f32 {
+        0.5 * (dot(&self.words, &other.words) + dot(&self.grams, &other.grams))
+    }
+}
+
+impl SimilarityIndex {
+    /// Index `sentences`; IDF is computed over them.
+    pub fn new<S: AsRef<str>>(sentences: &[S]) -> Self {
+        SimilarityIndex {
+            words: TfIdf::new(sentences.iter().map(|s| terms(s.as_ref())).collect()),
+            grams: TfIdf::new(sentences.iter().map(|s| char_grams(s.as_ref())).collect()),
+        }
+    }
+
+    /// Vectors of a sentence outside the index, with the index's IDF.
+    pub fn vector(&self, sentence: &str) -> Vector {
+        Vector {
+            words: self.words.vector(terms(sentence)),
+            grams: self.grams.vector(char_grams(sentence)),
+        }
+    }
+
+    /// Similarity of indexed sentences `a` and `b`.
+    pub fn sim(&self, a: usize, b: usize) -> f32 {
+        0.5 * (dot(&self.words.vectors[a], &self.words.vectors[b])
+            + dot(&self.grams.vectors[a], &self.grams.vectors[b]))
+    }
+
+    /// Similarity of an outside sentence's vectors and indexed sentence `b`.
+    pub fn sim_to(&self, v: &Vector, b: usize) -> f32 {
+        0.5 * (dot(&v.words, &self.words.vectors[b]) + dot(&v.grams, &self.grams.vectors[b]))
+    }
+
+    /// Number of indexed sentences.
+    pub fn len(&self) -> usize {
+        self.words.vectors.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Dot product of two sparse vectors sorted by term id.
+pub fn dot(a: &[(u32, f32)], b: &[(u32, f32)]) -> f32 {
+    let (mut i, mut j, mut s) = (0, 0, 0f32);
+    while i < a.len() && j < b.len() {
+        match a[i].0.cmp(&b[j].0) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                s += a[i].1 * b[j].1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    s.min(1.0)
+}
