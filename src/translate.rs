@@ -65,7 +65,18 @@ impl Translator {
         };
         let options = GenerationOptions::resolve(gen_json.as_ref(), &config_json, overrides)?;
         let tokenizer = TextTokenizer::from_dir(&files.dir, &config.model_type)?;
-        if tokenizer.vocab_size() > config.vocab_size {
+        let marian = matches!(tokenizer, TextTokenizer::Marian(_));
+        if tokenizer.vocab_size() > config.vocab_size && !marian {
+            // facebook/bart-large-cnn: 50,265 tokens (<mask> last) for 50,264
+            // embedding rows; transformers loads it, and only <mask> is unusable.
+            // encode_unit rejects ids beyond the embedding instead.
+            tracing::warn!(
+                "{}: the tokenizer has {} tokens, the model {} embedding rows; ids beyond them cannot be used",
+                files.dir.display(),
+                tokenizer.vocab_size(),
+                config.vocab_size
+            );
+        } else if tokenizer.vocab_size() > config.vocab_size {
             return Err(Error::file(
                 files.dir.clone(),
                 format!(
@@ -146,10 +157,17 @@ impl Translator {
     /// Source ids of one unit; empty (nothing to translate) for blank text.
     pub fn encode_unit(&self, text: &str) -> Result<Vec<u32>> {
         if text.trim().is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.tokenizer.encode(text)
+            return Ok(Vec::new());
         }
+        let ids = self.tokenizer.encode(text)?;
+        let rows = self.model.config().vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
+            return Err(Error::input(
+                format!("token id {bad} is beyond the model's {rows} embedding rows"),
+                "the text holds a special token this checkpoint cannot embed (e.g. a literal <mask>); remove it",
+            ));
+        }
+        Ok(ids)
     }
 
     /// As [`Translator::translate_with_progress`], for units already encoded

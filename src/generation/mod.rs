@@ -178,7 +178,19 @@ impl GenerationOptions {
                 .no_repeat_ngram_size
                 .or(usize_field(get("no_repeat_ngram_size")))
                 .unwrap_or(0),
-            forced_bos_token_id: ids(get("forced_bos_token_id")).and_then(|v| v.first().copied()),
+            forced_bos_token_id: ids(get("forced_bos_token_id"))
+                .and_then(|v| v.first().copied())
+                .or_else(|| {
+                    // Legacy BART configs (distilbart-cnn-*) say
+                    // force_bos_token_to_be_generated: true, which transformers 4
+                    // turned into forced_bos_token_id = bos_token_id.
+                    let legacy = get("force_bos_token_to_be_generated")
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(false);
+                    legacy
+                        .then(|| ids(cfg("bos_token_id")).and_then(|v| v.first().copied()))
+                        .flatten()
+                }),
             forced_eos_token_ids: ids(get("forced_eos_token_id")).unwrap_or_default(),
             length_penalty: overrides
                 .length_penalty

@@ -56,3 +56,33 @@ fn french_sentences_split_where_they_end() {
         vec!["Pas de point final"]
     );
 }
+
+#[test]
+fn legacy_bart_config_fields_give_the_checkpoint_settings() {
+    // distilbart-cnn-12-6 ships no generation_config.json; its config.json
+    // carries the summarization settings and the legacy forced-BOS flag.
+    let config = serde_json::json!({
+        "model_type": "bart", "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+        "decoder_start_token_id": 2, "forced_eos_token_id": 2,
+        "force_bos_token_to_be_generated": true, "early_stopping": true,
+        "length_penalty": 2.0, "max_length": 142, "min_length": 56,
+        "no_repeat_ngram_size": 3, "num_beams": 4
+    });
+    let o = transum::generation::GenerationOptions::resolve(None, &config, &Default::default())
+        .unwrap();
+    assert_eq!(o.forced_bos_token_id, Some(0));
+    assert_eq!((o.num_beams, o.max_length, o.min_length), (4, 142, 56));
+    assert_eq!(o.no_repeat_ngram_size, 3);
+    assert_eq!(o.early_stopping, transum::generation::EarlyStopping::Always);
+    assert_eq!(o.length_penalty, 2.0);
+    // A generation_config.json, when present, is the only source (transformers 5).
+    let gen =
+        serde_json::json!({"decoder_start_token_id": 2, "eos_token_id": 2, "pad_token_id": 1});
+    let o =
+        transum::generation::GenerationOptions::resolve(Some(&gen), &config, &Default::default())
+            .unwrap();
+    assert_eq!(
+        (o.forced_bos_token_id, o.num_beams, o.no_repeat_ngram_size),
+        (None, 1, 0)
+    );
+}
