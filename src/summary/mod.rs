@@ -180,17 +180,21 @@ impl Corpus {
 
     /// Highest similarity of sentence `s` to any sentence of another article.
     pub fn relevance(&self, s: usize) -> f32 {
-        let a = self.sentences[s].article;
-        (0..self.sentences.len())
-            .filter(|&o| self.sentences[o].article != a)
-            .map(|o| self.index.sim(s, o))
-            .fold(0.0, f32::max)
+        relevance_in(self, s, &self.index.row(s))
     }
 
     /// Number of articles.
     pub fn articles(&self) -> usize {
         self.names.len()
     }
+}
+
+fn relevance_in(corpus: &Corpus, s: usize, row: &[(usize, f32)]) -> f32 {
+    let a = corpus.sentences[s].article;
+    row.iter()
+        .filter(|&&(o, _)| corpus.sentences[o].article != a)
+        .map(|&(_, sim)| sim)
+        .fold(0.0, f32::max)
 }
 
 /// Sentences stating one fact, across articles.
@@ -234,21 +238,34 @@ pub fn group_facts(corpus: &Corpus) -> Vec<Group> {
             .then(a.cmp(&b))
     });
     let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group_of: Vec<Option<usize>> = vec![None; n];
+    let mut relevance = vec![0f32; n];
     for &s in &order {
+        // Similarity to a group = to its most similar member; only sentences
+        // sharing features with `s` can reach the threshold.
+        let row = corpus.index.row(s);
+        relevance[s] = relevance_in(corpus, s, &row);
         let mut best: Option<(usize, f32)> = None;
-        for (g, members) in groups.iter().enumerate() {
-            let sim = members
-                .iter()
-                .map(|&m| corpus.index.sim(s, m))
-                .fold(0.0, f32::max);
-            if sim >= SAME_FACT && best.is_none_or(|(_, b)| sim > b) {
-                best = Some((g, sim));
+        for &(m, sim) in &row {
+            if let Some(g) = group_of[m] {
+                let better = match best {
+                    None => true,
+                    Some((bg, b)) => sim > b || (sim == b && g < bg),
+                };
+                if sim >= SAME_FACT && better {
+                    best = Some((g, sim));
+                }
             }
         }
-        match best {
-            Some((g, _)) => groups[g].push(s),
-            None => groups.push(vec![s]),
-        }
+        let g = match best {
+            Some((g, _)) => g,
+            None => {
+                groups.push(Vec::new());
+                groups.len() - 1
+            }
+        };
+        groups[g].push(s);
+        group_of[s] = Some(g);
     }
     let single_article = corpus.articles() <= 1;
     let mut out: Vec<Group> = groups
@@ -274,10 +291,7 @@ pub fn group_facts(corpus: &Corpus) -> Vec<Group> {
                     score(a).total_cmp(&score(b)).then(b.cmp(&a))
                 })
                 .expect("a group has a member");
-            let relevance = members
-                .iter()
-                .map(|&m| corpus.relevance(m))
-                .fold(0.0, f32::max);
+            let relevance = members.iter().map(|&m| relevance[m]).fold(0.0, f32::max);
             let position = members
                 .iter()
                 .map(|&m| corpus.relative_position(m))

@@ -264,6 +264,8 @@ struct TfIdf {
     vectors: Vec<Vec<(u32, f32)>>,
     vocab: HashMap<String, u32>,
     idf: Vec<f32>,
+    /// feature -> (sentence, weight), for similarity rows without all pairs.
+    postings: Vec<Vec<(u32, f32)>>,
 }
 
 impl TfIdf {
@@ -298,14 +300,21 @@ impl TfIdf {
             .iter()
             .map(|&d| ((1.0 + n) / (1.0 + d as f32)).ln() + 1.0)
             .collect();
-        let vectors = ids
+        let vectors: Vec<Vec<(u32, f32)>> = ids
             .iter()
             .map(|b| normalise(b.iter().map(|&t| (t, idf[t as usize])).collect()))
             .collect();
+        let mut postings = vec![Vec::new(); vocab.len()];
+        for (s, v) in vectors.iter().enumerate() {
+            for &(t, w) in v {
+                postings[t as usize].push((s as u32, w));
+            }
+        }
         TfIdf {
             vectors,
             vocab,
             idf,
+            postings,
         }
     }
 
@@ -412,6 +421,27 @@ impl SimilarityIndex {
     /// Similarity of an outside sentence's vectors and indexed sentence `b`.
     pub fn sim_to(&self, v: &Vector, b: usize) -> f32 {
         0.5 * (dot(&v.words, &self.words.vectors[b]) + dot(&v.grams, &self.grams.vectors[b]))
+    }
+
+    /// Every indexed sentence with a non-zero similarity to indexed sentence
+    /// `a` (itself included), ascending by index. Walks the postings of `a`'s
+    /// features only, so a row costs what the sentences sharing features with
+    /// `a` cost, not the whole corpus: grouping 500 articles stays fast.
+    pub fn row(&self, a: usize) -> Vec<(usize, f32)> {
+        let mut acc: HashMap<u32, f32> = HashMap::new();
+        for (index, part) in [(&self.words, 0.5f32), (&self.grams, 0.5f32)] {
+            for &(t, w) in &index.vectors[a] {
+                for &(s, w2) in &index.postings[t as usize] {
+                    *acc.entry(s).or_insert(0.0) += part * w * w2;
+                }
+            }
+        }
+        let mut row: Vec<(usize, f32)> = acc
+            .into_iter()
+            .map(|(s, v)| (s as usize, v.min(1.0)))
+            .collect();
+        row.sort_by_key(|p| p.0);
+        row
     }
 
     /// Number of indexed sentences.
