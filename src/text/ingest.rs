@@ -148,14 +148,23 @@ pub fn split_to_fit(text: &str, max: usize, count: &dyn Fn(&str) -> usize) -> Ve
         return vec![text.to_string()];
     }
     let mid = text.len() / 2;
+    // A cut goes after the mark and must be followed by whitespace: "3,5" or
+    // "l'État" are never cut inside.
     let candidates = |pred: &dyn Fn(char) -> bool| -> Option<usize> {
         text.char_indices()
             .filter(|&(i, c)| pred(c) && i > 0 && i + c.len_utf8() < text.len())
             .map(|(i, c)| i + c.len_utf8())
+            .filter(|&j| text[j..].starts_with(char::is_whitespace))
             .min_by_key(|&i| i.abs_diff(mid))
     };
     let cut = candidates(&|c| matches!(c, ';' | ':' | ',' | '—' | '–'))
-        .or_else(|| candidates(&char::is_whitespace))
+        .or_else(|| {
+            // At a whitespace run: cut before it.
+            text.char_indices()
+                .filter(|&(i, c)| c.is_whitespace() && i > 0)
+                .map(|(i, _)| i)
+                .min_by_key(|&i| i.abs_diff(mid))
+        })
         .unwrap_or_else(|| {
             let mut m = mid;
             while !text.is_char_boundary(m) {
