@@ -129,6 +129,14 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub summary: SummaryArgs,
+
+    /// Redo every article and the summary, even those unchanged since the last run.
+    #[arg(long)]
+    pub force: bool,
+
+    /// If another run is using the outputs directory, wait for it instead of exiting.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +148,10 @@ pub struct DownloadArgs {
     /// Cache directory for downloaded models (hub layout).
     #[arg(long, env = "TRANSUM_MODELS", default_value = "models")]
     pub models_dir: PathBuf,
+
+    /// Fetch every file again even if cached (repairs a corrupt or truncated download).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Search and batching settings shared by `run` and `translate`.
@@ -250,6 +262,7 @@ fn load_summarizer(
                     endpoint: None,
                 },
             )?;
+            let record = files.record()?;
             let model =
                 Translator::load(&files, &Placement::cpu(), &GenerationOverrides::default())?;
             let kind = model.model.config().model_type.clone();
@@ -262,7 +275,7 @@ fn load_summarizer(
             Some(Summarizer::Abstractive {
                 model: Box::new(model),
                 id: args.summary_model.clone(),
-                record: files.record()?,
+                record,
             })
         }
     })
@@ -305,7 +318,7 @@ fn summarize(args: SummarizeArgs) -> Result<ExitCode> {
 fn load_translator(
     model: &ModelArgs,
     search: &SearchArgs,
-) -> Result<(Translator, hub::ModelFiles)> {
+) -> Result<(Translator, transum::pipeline::ModelRecord)> {
     let overrides = search.overrides()?;
     let spec = ModelSpec::parse(&model.model)?;
     let files = hub::resolve(
@@ -316,9 +329,12 @@ fn load_translator(
             endpoint: None,
         },
     )?;
+    // Hash (and check against the hub) before loading: a corrupt download is
+    // named as such, not as whatever parse error it happens to cause.
+    let record = files.record()?;
     let mut translator = Translator::load(&files, &Placement::cpu(), &overrides)?;
     translator.batch_tokens = search.batch_tokens;
-    Ok((translator, files))
+    Ok((translator, record))
 }
 
 fn run_corpus(args: RunArgs) -> Result<ExitCode> {
@@ -328,8 +344,7 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
             args.corpus.display()
         );
     }
-    let (translator, files) = load_translator(&args.model, &args.search)?;
-    let record = files.record()?;
+    let (translator, record) = load_translator(&args.model, &args.search)?;
     // Loaded before translating: a missing summary model is a setup error, found at once.
     let summarizer = load_summarizer(&args.summary, &args.model.models_dir, args.model.offline)?;
     let tty = std::io::stderr().is_terminal();
@@ -354,6 +369,8 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         corpus: args.corpus.clone(),
         outputs: args.outputs.clone(),
         max_words: args.summary.max_words,
+        force: args.force,
+        wait: args.wait,
     };
     let manifest = transum::pipeline::run(
         &translator,
@@ -384,22 +401,32 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
     let failed: Vec<_> = manifest
         .articles
         .iter()
-        .filter(|a| a.status != "ok")
+        .filter(|a| a.status == "failed")
         .collect();
+    let cached = manifest
+        .articles
+        .iter()
+        .filter(|a| a.status == "cached")
+        .count();
     eprintln!(
-        "translated {} of {} articles into {} ({} tokens, {:.1} tokens/s); manifest: {}",
+        "{} of {} articles done ({cached} unchanged since the last run, kept) in {} ({} new tokens, {:.1} tokens/s); manifest: {}",
         manifest.articles.len() - failed.len(),
         manifest.articles.len(),
         args.outputs.display(),
-        manifest.output_tokens,
+        manifest.translated_tokens,
         manifest.tokens_per_second,
         args.outputs.join("manifest.json").display()
     );
     let summary_failed = match &manifest.summary {
-        Some(s) if s.status == "ok" => {
+        Some(s) if s.status != "failed" => {
             eprintln!(
-                "{} summary of {} article(s), {} sentence(s): {}",
+                "{} summary ({}) of {} article(s), {} sentence(s): {}",
                 s.summarizer,
+                if s.status == "cached" {
+                    "unchanged, kept"
+                } else {
+                    "written"
+                },
                 s.articles,
                 s.sentences,
                 args.outputs.join("summary.md").display()
@@ -447,7 +474,10 @@ fn download(args: DownloadArgs) -> Result<ExitCode> {
                 offline: false,
                 endpoint: None,
             },
+            args.force,
         )?;
+        // Check what arrived against the hub's hashes now, not on the night.
+        files.record()?;
         eprintln!("{id}@{revision}: ready in {}", files.dir.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -172,7 +172,7 @@ pub fn resolve(spec: &ModelSpec, opts: &HubOptions) -> Result<ModelFiles> {
             if opts.offline {
                 resolve_cached(id, revision, opts)
             } else {
-                download(id, revision, opts)
+                download(id, revision, opts, false)
             }
         }
     }
@@ -227,7 +227,9 @@ fn resolve_cached(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFi
 }
 
 /// Fetch every file a run needs into the cache and return their location.
-pub fn download(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFiles> {
+/// Files already cached are reused unless `force`, which fetches them again
+/// (the fix for a corrupt or truncated download).
+pub fn download(id: &str, revision: &str, opts: &HubOptions, force: bool) -> Result<ModelFiles> {
     let mut builder = ApiBuilder::from_env()
         .with_cache_dir(opts.cache_dir.clone())
         .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -240,8 +242,15 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFile
         source: Some(Box::new(e)),
     })?;
     let repo = api.repo(repo(id, revision));
+    let get = |f: &str| {
+        if force {
+            repo.download(f)
+        } else {
+            repo.get(f)
+        }
+    };
     let fetch = |f: &str| {
-        repo.get(f).map_err(|e| Error::Hub {
+        get(f).map_err(|e| Error::Hub {
             what: format!("cannot fetch {f} of {id}@{revision}"),
             hint: format!(
                 "check the model id and revision and the network; offline machines need `transum download {id}@{revision}` run elsewhere and models/ copied over"
@@ -268,7 +277,7 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFile
         return Err(last.expect("every family has a tokenizer file set"));
     }
     for f in OPTIONAL_FILES {
-        if let Err(e) = repo.get(f) {
+        if let Err(e) = get(f) {
             tracing::debug!("optional file {f} of {id}@{revision} not fetched: {e}");
         }
     }
@@ -276,7 +285,7 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFile
     let mut weights = None;
     let mut last_err = None;
     for f in WEIGHT_FILES {
-        match repo.get(f) {
+        match get(f) {
             Ok(p) => {
                 weights = Some(p);
                 break;
@@ -300,25 +309,55 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFile
     })
 }
 
+/// The sha256 the hub reported for a cached file: hf-hub names LFS blobs (the
+/// weights) after their sha256 ETag, and links the snapshot file to the blob.
+/// None for local files and small git files (their ETag is a git sha1).
+fn hub_sha256(path: &Path) -> Option<String> {
+    let target = std::fs::read_link(path).ok()?;
+    let name = target.file_name()?.to_str()?.to_string();
+    (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())).then_some(name)
+}
+
 impl ModelFiles {
     /// The model's identity for a manifest: id, revisions and file hashes.
+    /// A hub file whose sha256 differs from what the hub reported is an error
+    /// (a truncated or altered download), found before anything is loaded.
     pub fn record(&self) -> Result<crate::pipeline::ModelRecord> {
         let mut files = std::collections::BTreeMap::new();
         let mut names: Vec<&str> = vec!["config.json"];
         names.extend(TOKENIZER_FILES);
         names.extend(OPTIONAL_FILES);
-        for name in names {
-            let p = self.dir.join(name);
-            if p.is_file() {
-                files.insert(name.to_string(), crate::pipeline::sha256_file(&p)?);
-            }
-        }
         let weights = self
             .weights
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        files.insert(weights, crate::pipeline::sha256_file(&self.weights)?);
+        let mut paths: Vec<(String, PathBuf)> = names
+            .iter()
+            .map(|n| (n.to_string(), self.dir.join(n)))
+            .filter(|(_, p)| p.is_file())
+            .collect();
+        paths.push((weights, self.weights.clone()));
+        for (name, p) in paths {
+            let got = crate::pipeline::sha256_file(&p)?;
+            if let Some(want) = hub_sha256(&p) {
+                if want != got {
+                    let fix = match &self.spec {
+                        ModelSpec::Hub { id, revision } => {
+                            format!("fetch it again: `transum download --force {id}@{revision}`")
+                        }
+                        ModelSpec::Local(_) => "fetch the checkpoint again".into(),
+                    };
+                    return Err(Error::file(
+                        &p,
+                        format!("has sha256 {got}, but the hub reported {want}: the download is corrupt or was altered"),
+                        fix,
+                        None,
+                    ));
+                }
+            }
+            files.insert(name, got);
+        }
         Ok(match &self.spec {
             ModelSpec::Local(dir) => crate::pipeline::ModelRecord {
                 id: dir.display().to_string(),

@@ -9,7 +9,7 @@
 pub mod logits;
 pub mod search;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 pub use search::{generate, Hypothesis};
 
 /// transformers' `early_stopping`: `False`, `True` or `"never"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EarlyStopping {
     /// `False`: stop when the best running beam cannot beat the worst finished one
@@ -45,7 +45,7 @@ impl std::str::FromStr for EarlyStopping {
 }
 
 /// Fully resolved generation settings: what decides the output.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenerationOptions {
     /// 1 = greedy search.
     pub num_beams: usize,

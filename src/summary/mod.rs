@@ -23,7 +23,7 @@ pub mod similarity;
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::generation::GenerationOptions;
@@ -46,7 +46,7 @@ pub enum Summarizer {
 }
 
 /// The summary stage's entry in `manifest.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SummaryRecord {
     pub summarizer: String,
     pub model: Option<ModelRecord>,
@@ -57,8 +57,17 @@ pub struct SummaryRecord {
     pub supports_threshold: f32,
     pub articles: usize,
     pub sentences: usize,
+    /// "ok", "cached" (inputs and settings unchanged, files intact) or "failed".
     pub status: String,
     pub error: Option<String>,
+    /// Hash of everything the summary depends on (settings and inputs).
+    #[serde(default)]
+    pub cache_key: Option<String>,
+    /// sha256 of summary.md and summary.json as written.
+    #[serde(default)]
+    pub summary_md_sha256: Option<String>,
+    #[serde(default)]
+    pub summary_json_sha256: Option<String>,
     pub seconds: f64,
 }
 
@@ -101,6 +110,9 @@ impl Summarizer {
             sentences: result.as_ref().map_or(0, |s| s.sentences.len()),
             status: if result.is_ok() { "ok" } else { "failed" }.into(),
             error: result.as_ref().err().cloned(),
+            cache_key: None,
+            summary_md_sha256: None,
+            summary_json_sha256: None,
             seconds,
         }
     }
@@ -421,10 +433,16 @@ impl Summary {
         md
     }
 
-    /// Write `summary.md` and `summary.json` into `dir`, each atomically.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        crate::pipeline::write_atomic(&dir.join("summary.md"), self.to_markdown().as_bytes())?;
+    /// Write `summary.md` and `summary.json` into `dir`, each atomically;
+    /// returns their sha256.
+    pub fn write(&self, dir: &Path) -> Result<(String, String)> {
+        let md = self.to_markdown();
+        crate::pipeline::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
         let json = serde_json::to_vec_pretty(self).expect("the summary serializes");
-        crate::pipeline::write_atomic(&dir.join("summary.json"), &json)
+        crate::pipeline::write_atomic(&dir.join("summary.json"), &json)?;
+        Ok((
+            crate::pipeline::sha256_bytes(md.as_bytes()),
+            crate::pipeline::sha256_bytes(&json),
+        ))
     }
 }

@@ -189,6 +189,64 @@ fn download_then_offline_run_without_the_server() {
         .join("outputs/000_9b90b2f7d3885cef.en.txt")
         .exists());
 
+    // A cached file whose bytes no longer match the hub's sha256 (a disk
+    // error, a truncated copy): named, with the fix; `download --force` repairs it.
+    let weights = snapshot.join("model.safetensors");
+    let blob = std::fs::canonicalize(&weights).unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    let run_offline = || {
+        transum(
+            dir.path(),
+            &[
+                "run",
+                "--model",
+                "test-org/tiny-marian",
+                "--summarizer",
+                "extractive",
+                "--offline",
+                "--beams",
+                "1",
+                "--max-new-tokens",
+                "8",
+            ],
+            None,
+        )
+    };
+    let out = run_offline();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model.safetensors")
+            && err.contains("sha256")
+            && err.contains("transum download --force test-org/tiny-marian@main"),
+        "{err}"
+    );
+    {
+        let server = HubServer::start(vec![("test-org/tiny-marian", fixture_model("marian-a"))]);
+        let out = transum_env(
+            dir.path(),
+            &["download", "--force", "test-org/tiny-marian"],
+            None,
+            &[("HF_ENDPOINT", &server.url)],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run_offline();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A model that was never downloaded: a clear error naming the file and the fix.
     let out = transum(
         dir.path(),

@@ -5,7 +5,9 @@
 mod harness;
 
 mod cli;
+mod fuzz;
 mod hub;
+mod nightly;
 mod parity;
 mod run;
 mod summary;

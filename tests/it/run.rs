@@ -7,7 +7,7 @@ use transum::text::ingest;
 
 use crate::harness::{fixture_model, repo, transum, TempDir};
 
-fn corpus_dir() -> std::path::PathBuf {
+pub(crate) fn corpus_dir() -> std::path::PathBuf {
     repo().join("corpus")
 }
 
@@ -72,7 +72,7 @@ fn long_segments_split_at_the_best_boundary() {
     );
 }
 
-fn run_args(model: &str) -> Vec<&str> {
+pub(crate) fn run_args(model: &str) -> Vec<&str> {
     vec![
         "run",
         "--model",
@@ -86,7 +86,7 @@ fn run_args(model: &str) -> Vec<&str> {
     ]
 }
 
-fn copy_corpus(dst: &Path) {
+pub(crate) fn copy_corpus(dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
     for e in std::fs::read_dir(corpus_dir()).unwrap() {
         let e = e.unwrap();
@@ -94,17 +94,18 @@ fn copy_corpus(dst: &Path) {
     }
 }
 
-fn manifest(dir: &Path) -> Value {
+pub(crate) fn manifest(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("outputs/manifest.json")).unwrap())
         .unwrap()
 }
 
 /// Only finished outputs and the manifest: no temporary or partial files.
-fn assert_no_partial_files(dir: &Path) {
+pub(crate) fn assert_no_partial_files(dir: &Path) {
     for e in std::fs::read_dir(dir.join("outputs")).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(
             name == "manifest.json"
+                || name == ".transum.lock"
                 || name == "summary.md"
                 || name == "summary.json"
                 || name.ends_with(".en.txt"),
