@@ -269,16 +269,21 @@ struct TfIdf {
 }
 
 impl TfIdf {
-    fn new(bags: Vec<Vec<String>>) -> Self {
+    /// Index bags of features, converting each bag to ids as it comes, so
+    /// the strings of all sentences are never held at once.
+    fn new(bags: impl Iterator<Item = Vec<String>>) -> Self {
         let mut vocab: HashMap<String, u32> = HashMap::new();
         let ids: Vec<Vec<u32>> = bags
-            .into_iter()
             .map(|b| {
                 let mut ids: Vec<u32> = b
                     .into_iter()
-                    .map(|t| {
-                        let n = vocab.len() as u32;
-                        *vocab.entry(t).or_insert(n)
+                    .map(|t| match vocab.get(&t) {
+                        Some(&id) => id,
+                        None => {
+                            let n = vocab.len() as u32;
+                            vocab.insert(t, n);
+                            n
+                        }
                     })
                     .collect();
                 ids.sort_unstable();
@@ -399,8 +404,8 @@ impl SimilarityIndex {
     /// Index `sentences`; IDF is computed over them.
     pub fn new<S: AsRef<str>>(sentences: &[S]) -> Self {
         SimilarityIndex {
-            words: TfIdf::new(sentences.iter().map(|s| terms(s.as_ref())).collect()),
-            grams: TfIdf::new(sentences.iter().map(|s| char_grams(s.as_ref())).collect()),
+            words: TfIdf::new(sentences.iter().map(|s| terms(s.as_ref()))),
+            grams: TfIdf::new(sentences.iter().map(|s| char_grams(s.as_ref()))),
         }
     }
 
@@ -428,20 +433,27 @@ impl SimilarityIndex {
     /// features only, so a row costs what the sentences sharing features with
     /// `a` cost, not the whole corpus: grouping 500 articles stays fast.
     pub fn row(&self, a: usize) -> Vec<(usize, f32)> {
-        let mut acc: HashMap<u32, f32> = HashMap::new();
-        for (index, part) in [(&self.words, 0.5f32), (&self.grams, 0.5f32)] {
+        // Dense accumulator over the corpus plus the list of touched entries:
+        // cheaper than a hash map when common features have long postings.
+        let mut acc = vec![0f32; self.len()];
+        let mut touched: Vec<u32> = Vec::new();
+        for index in [&self.words, &self.grams] {
             for &(t, w) in &index.vectors[a] {
                 for &(s, w2) in &index.postings[t as usize] {
-                    *acc.entry(s).or_insert(0.0) += part * w * w2;
+                    let slot = &mut acc[s as usize];
+                    if *slot == 0.0 {
+                        touched.push(s);
+                    }
+                    *slot += 0.5 * w * w2;
                 }
             }
         }
-        let mut row: Vec<(usize, f32)> = acc
+        touched.sort_unstable();
+        touched.dedup();
+        touched
             .into_iter()
-            .map(|(s, v)| (s as usize, v.min(1.0)))
-            .collect();
-        row.sort_by_key(|p| p.0);
-        row
+            .map(|s| (s as usize, acc[s as usize].min(1.0)))
+            .collect()
     }
 
     /// Number of indexed sentences.
