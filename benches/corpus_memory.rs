@@ -30,7 +30,10 @@ fn synthetic_corpus(dir: &Path, n: usize) {
     base.sort();
     for i in 0..n {
         let text = std::fs::read_to_string(&base[i % base.len()]).unwrap();
-        let mut paras: Vec<&str> = text.split("\n\n").filter(|p| !p.trim().is_empty()).collect();
+        let mut paras: Vec<&str> = text
+            .split("\n\n")
+            .filter(|p| !p.trim().is_empty())
+            .collect();
         let k = (i / base.len()) % paras.len().max(1);
         paras.rotate_left(k);
         let body = format!("{}\n\nÉdition numéro {i}.\n", paras.join("\n\n"));
@@ -48,8 +51,16 @@ fn run_measured(cmd: &mut Command) -> (i32, f64, f64) {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     std::mem::forget(child); // already reaped
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
-    (code, t0.elapsed().as_secs_f64(), usage.ru_maxrss as f64 / 1024.0)
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (
+        code,
+        t0.elapsed().as_secs_f64(),
+        usage.ru_maxrss as f64 / 1024.0,
+    )
 }
 
 fn main() {
@@ -77,7 +88,14 @@ fn main() {
         let _ = std::fs::remove_dir_all(work.join("outputs"));
         let (code, secs, rss) = run_measured(
             Command::new(&bin)
-                .args(["run", "--offline", "--summarizer", "extractive", "--beams", "1"])
+                .args([
+                    "run",
+                    "--offline",
+                    "--summarizer",
+                    "extractive",
+                    "--beams",
+                    "1",
+                ])
                 .args(["--max-new-tokens", "16", "--model"])
                 .arg(&model)
                 .current_dir(&work)

@@ -2,8 +2,9 @@
 //! vocab 59,514, seeded random weights, no download): 200 corpus sentences,
 //! exactly 48 new tokens each, batch 16 (and 32), greedy and beam 4.
 //!
-//! Run: `cargo bench --bench throughput` (add `-- --batch 16 --beams 1` for one
-//! configuration). Each configuration runs in its own child process so that its
+//! Run: `cargo bench --bench throughput` (add `-- --batch 16 --beams 1
+//! [--quantize q8_0]` for one configuration; `-- --quantize q8_0` alone runs
+//! every batch/beam configuration quantized). Each configuration runs in its own child process so that its
 //! peak RSS is its own. Prints target tokens/s, peak RSS and load time.
 //!
 //! The source sentences are tokenized with the marian-a fixture tokenizer (ids
@@ -83,7 +84,7 @@ fn corpus_sentences() -> Vec<String> {
     (0..SENTENCES).map(|i| out[i % out.len()].clone()).collect()
 }
 
-fn run_one(dir: &Path, batch: usize, beams: usize, json: bool) {
+fn run_one(dir: &Path, batch: usize, beams: usize, json: bool, quant: Option<&str>) {
     let files = ModelFiles {
         dir: dir.to_path_buf(),
         weights: transum::weights::find_weight_file(dir).unwrap(),
@@ -96,7 +97,11 @@ fn run_one(dir: &Path, batch: usize, beams: usize, json: bool) {
         min_new_tokens: Some(NEW_TOKENS),
         ..Default::default()
     };
-    let mut tr = Translator::load(&files, &Placement::cpu(), &overrides).unwrap();
+    let placement = match quant {
+        Some(q) => Placement::cpu_quantized(transum::device::parse_quant(q).unwrap()),
+        None => Placement::cpu(),
+    };
+    let mut tr = Translator::load(&files, &placement, &overrides).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
     tr.max_batch = batch;
     tr.batch_tokens = usize::MAX;
@@ -119,7 +124,8 @@ fn run_one(dir: &Path, batch: usize, beams: usize, json: bool) {
         return;
     }
     println!(
-        "f32   beams={beams} batch={batch:<3} {:>8.1} tok/s  {tokens} tokens in {secs:>6.2}s  peak RSS {rss:>6.0} MiB  load {load_s:.2}s",
+        "{:<5} beams={beams} batch={batch:<3} {:>8.1} tok/s  {tokens} tokens in {secs:>6.2}s  peak RSS {rss:>6.0} MiB  load {load_s:.2}s",
+        tr.precision(),
         tokens as f64 / secs
     );
 }
@@ -142,8 +148,12 @@ fn main() {
         Some(i) => PathBuf::from(&args[i + 1]),
         None => bench_model(),
     };
+    let quant = args
+        .iter()
+        .position(|a| a == "--quantize")
+        .map(|i| args[i + 1].clone());
     if let (Some(batch), Some(beams)) = (arg("--batch"), arg("--beams")) {
-        run_one(&dir, batch, beams, args.iter().any(|a| a == "--json"));
+        run_one(&dir, batch, beams, args.iter().any(|a| a == "--json"), quant.as_deref());
         return;
     }
     println!(
@@ -152,10 +162,12 @@ fn main() {
     );
     let exe = std::env::current_exe().unwrap();
     for (batch, beams) in [(16, 1), (16, 4), (32, 1), (32, 4)] {
-        let status = Command::new(&exe)
-            .args(["--batch", &batch.to_string(), "--beams", &beams.to_string()])
-            .status()
-            .unwrap();
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--batch", &batch.to_string(), "--beams", &beams.to_string()]);
+        if let Some(q) = &quant {
+            cmd.args(["--quantize", q]);
+        }
+        let status = cmd.status().unwrap();
         assert!(status.success());
     }
 }

@@ -1,15 +1,48 @@
-//! Device and dtype, decided once per run and then carried by the weight loader.
+//! Device, dtype and quantization, decided once per run and then carried by
+//! the weight loader and the model loader.
 //!
 //! Only the CPU backend is built today; the `cuda` feature will add CUDA devices
 //! here (and only here), with logged fallbacks, never silent ones.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
+
+use crate::error::{Error, Result};
 
 /// Where the model runs and in which precision.
 #[derive(Debug, Clone)]
 pub struct Placement {
     pub device: Device,
+    /// Activations and unquantized weights.
     pub dtype: DType,
+    /// Quantize every projection (attention, FFN, lm_head) at load time.
+    pub quantize: Option<GgmlDType>,
+}
+
+/// The quantization formats transum offers, by their command-line names.
+pub const QUANT_NAMES: [&str; 3] = ["q8_0", "q4k", "q6k"];
+
+/// Parse a quantization name (`q8_0`, `q4k`, `q6k`).
+pub fn parse_quant(name: &str) -> Result<GgmlDType> {
+    match name.to_ascii_lowercase().as_str() {
+        "q8_0" => Ok(GgmlDType::Q8_0),
+        "q4k" | "q4_k" => Ok(GgmlDType::Q4K),
+        "q6k" | "q6_k" => Ok(GgmlDType::Q6K),
+        other => Err(Error::setting(
+            format!("unknown quantization {other:?}"),
+            format!("use one of: {}", QUANT_NAMES.join(", ")),
+        )),
+    }
+}
+
+/// The command-line name of a quantization format.
+pub fn quant_name(q: GgmlDType) -> String {
+    match q {
+        GgmlDType::Q8_0 => "q8_0".into(),
+        GgmlDType::Q4K => "q4k".into(),
+        GgmlDType::Q6K => "q6k".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
 }
 
 impl Placement {
@@ -18,6 +51,15 @@ impl Placement {
         Placement {
             device: Device::Cpu,
             dtype: DType::F32,
+            quantize: None,
+        }
+    }
+
+    /// f32 on the CPU with projections quantized to `q` at load.
+    pub fn cpu_quantized(q: GgmlDType) -> Self {
+        Placement {
+            quantize: Some(q),
+            ..Placement::cpu()
         }
     }
 
@@ -27,7 +69,10 @@ impl Placement {
             Device::Cpu => "cpu".to_string(),
             other => format!("{other:?}").to_lowercase(),
         };
-        format!("{dev}/{:?}", self.dtype).to_lowercase()
+        match self.quantize {
+            Some(q) => format!("{dev}/{}", quant_name(q)),
+            None => format!("{dev}/{:?}", self.dtype).to_lowercase(),
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod kernels;
 pub mod lock;
 pub mod models;
 pub mod pipeline;
+pub mod quantize;
 pub mod summary;
 pub mod text;
 pub mod tokenizer;

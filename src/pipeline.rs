@@ -375,7 +375,7 @@ pub fn run(
         version: env!("CARGO_PKG_VERSION").into(),
         model,
         device: "cpu".into(),
-        dtype: format!("{:?}", translator.model_dtype()).to_lowercase(),
+        dtype: translator.precision(),
         generation: translator.options.clone(),
         batch_tokens: translator.batch_tokens,
         articles: Vec::with_capacity(articles.len()),

@@ -38,6 +38,7 @@ pub struct Translator {
     /// Upper bound on sentences per batch.
     pub max_batch: usize,
     dtype: candle_core::DType,
+    quantization: Option<candle_core::quantized::GgmlDType>,
 }
 
 impl Translator {
@@ -90,7 +91,28 @@ impl Translator {
         }
         let start = std::time::Instant::now();
         let weights = Weights::load(&files.weights, &placement.device, placement.dtype)?;
-        let model = BartModel::load(config, &weights)?;
+        let mut model = BartModel::load(config, &weights)?;
+        let mut quantization = weights.quantization();
+        if let Some(q) = placement.quantize {
+            if quantization.is_some() {
+                tracing::warn!(
+                    "{}: already quantized; --quantize {} converts only what is still float",
+                    files.weights.display(),
+                    crate::device::quant_name(q)
+                );
+            }
+            let (m, done, kept) = model.quantize(q)?;
+            model = m;
+            if kept > 0 {
+                tracing::warn!(
+                    "--quantize {}: {kept} of {} projections keep float weights (input width not a multiple of the {}-wide block)",
+                    crate::device::quant_name(q),
+                    done + kept,
+                    q.block_size()
+                );
+            }
+            quantization = Some(q);
+        }
         tracing::info!(
             "loaded {} on {} in {:.2}s",
             files.weights.display(),
@@ -104,12 +126,22 @@ impl Translator {
             batch_tokens: 2048,
             max_batch: 64,
             dtype: placement.dtype,
+            quantization,
         })
     }
 
     /// The dtype the weights were loaded in.
     pub fn model_dtype(&self) -> candle_core::DType {
         self.dtype
+    }
+
+    /// What the manifest calls the weights' precision: `f32`, or the
+    /// quantization of the projections (`q8_0`, `q4k`, `q6k`).
+    pub fn precision(&self) -> String {
+        match self.quantization {
+            Some(q) => crate::device::quant_name(q),
+            None => format!("{:?}", self.dtype).to_lowercase(),
+        }
     }
 
     /// Generate for one padded batch of source id sequences.

@@ -1,6 +1,8 @@
-//! Weight loading: safetensors (memory-mapped) or PyTorch `pytorch_model.bin`
-//! (candle's pickle reader, which executes no code) into one name -> tensor map,
-//! carrying the device and dtype chosen once in `device.rs`.
+//! Weight loading: safetensors (read tensor by tensor), PyTorch
+//! `pytorch_model.bin` (candle's pickle reader, which executes no code) or a
+//! GGUF `model.gguf` written by `transum quantize` (quantized projections stay
+//! quantized; everything else becomes a float tensor) into one name -> tensor
+//! map, carrying the device and dtype chosen once in `device.rs`.
 //!
 //! Tensor names stay the Hugging Face checkpoint's; the only renames happen here
 //! (checkpoints saved without the `model.` prefix). Every lookup error names the
@@ -10,13 +12,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
 /// Weight file names we know, in order of preference.
-pub const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+pub const WEIGHT_FILES: [&str; 3] = ["model.safetensors", "pytorch_model.bin", "model.gguf"];
 
 /// The first weight file present in `dir`, safetensors preferred.
 pub fn find_weight_file(dir: &Path) -> Result<PathBuf> {
@@ -27,7 +29,7 @@ pub fn find_weight_file(dir: &Path) -> Result<PathBuf> {
         .ok_or_else(|| {
             Error::file(
                 dir,
-                "has no model.safetensors or pytorch_model.bin",
+                "has no model.safetensors, pytorch_model.bin or model.gguf",
                 "download the model (`transum download <model>`) or point --model at a complete checkpoint directory",
                 None,
             )
@@ -153,8 +155,66 @@ fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
+/// A GGUF file's tensors: quantized ones kept as they are, float ones as tensors.
+type GgufTensors = (
+    Vec<(String, Tensor)>,
+    HashMap<String, Arc<QTensor>>,
+    Option<GgmlDType>,
+);
+
+/// Read `model.gguf`. Float (F32/F16) tensors become tensors; quantized ones
+/// stay quantized for `QMatMul`. Also returns the quantization recorded in the
+/// metadata (`transum.quantization`), if any.
+fn read_gguf(path: &Path, device: &Device) -> Result<GgufTensors> {
+    let bad = |e: candle_core::Error| {
+        Error::file(
+            path,
+            "cannot be read as GGUF (truncated or corrupt?)",
+            "write it again with `transum quantize`, or fetch it again",
+            Some(Box::new(e)),
+        )
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| {
+        Error::file(
+            path,
+            "cannot be opened",
+            "check the model directory",
+            Some(Box::new(e)),
+        )
+    })?;
+    let content = gguf_file::Content::read(&mut file).map_err(bad)?;
+    let quant = content
+        .metadata
+        .get("transum.quantization")
+        .and_then(|v| v.to_string().ok())
+        .and_then(|s| crate::device::parse_quant(s).ok());
+    let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    names.sort();
+    let mut floats = Vec::new();
+    let mut quantized = HashMap::new();
+    for name in names {
+        let qt = content.tensor(&mut file, &name, device).map_err(bad)?;
+        match qt.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                floats.push((name, qt.dequantize(device).map_err(bad)?));
+            }
+            _ => {
+                quantized.insert(name, Arc::new(qt));
+            }
+        }
+    }
+    Ok((floats, quantized, quant))
+}
+
+/// Every tensor of a checkpoint: (float ones, quantized ones), sorted by name.
+pub type AllTensors<'a> = (Vec<(&'a str, &'a Tensor)>, Vec<(&'a str, &'a Arc<QTensor>)>);
+
 struct Inner {
     tensors: HashMap<String, Tensor>,
+    /// Projections stored quantized (GGUF).
+    quantized: HashMap<String, Arc<QTensor>>,
+    /// The quantization a GGUF file was written with.
+    quantization: Option<GgmlDType>,
     path: PathBuf,
     device: Device,
     dtype: DType,
@@ -178,11 +238,18 @@ impl Weights {
                 Some(Box::new(e)),
             )
         };
-        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-        let raw: Vec<(String, Tensor)> = if is_safetensors {
-            read_safetensors(path)?
-        } else {
-            candle_core::pickle::read_all_with_key(path, None).map_err(corrupt)?
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let mut quantized = HashMap::new();
+        let mut quantization = None;
+        let raw: Vec<(String, Tensor)> = match ext {
+            "safetensors" => read_safetensors(path)?,
+            "gguf" => {
+                let (floats, q, qd) = read_gguf(path, device)?;
+                quantized = q;
+                quantization = qd;
+                floats
+            }
+            _ => candle_core::pickle::read_all_with_key(path, None).map_err(corrupt)?,
         };
         let mut tensors = HashMap::with_capacity(raw.len());
         for (name, t) in raw {
@@ -195,7 +262,11 @@ impl Weights {
             tensors.insert(name, t);
         }
         // Some exports drop the `model.` prefix of BartModel-style checkpoints.
-        if !tensors.keys().any(|k| k.starts_with("model.")) {
+        if !tensors
+            .keys()
+            .chain(quantized.keys())
+            .any(|k| k.starts_with("model."))
+        {
             tensors = tensors
                 .into_iter()
                 .map(|(k, v)| {
@@ -210,6 +281,8 @@ impl Weights {
         Ok(Weights {
             inner: Arc::new(Inner {
                 tensors,
+                quantized,
+                quantization,
                 path: path.to_path_buf(),
                 device: device.clone(),
                 dtype,
@@ -223,6 +296,8 @@ impl Weights {
         Weights {
             inner: Arc::new(Inner {
                 tensors,
+                quantized: HashMap::new(),
+                quantization: None,
                 path: PathBuf::from("<memory>"),
                 device: device.clone(),
                 dtype,
@@ -269,7 +344,18 @@ impl Weights {
 
     /// Whether `name` (under the prefix) exists.
     pub fn contains(&self, name: &str) -> bool {
-        self.inner.tensors.contains_key(&self.full_name(name))
+        let full = self.full_name(name);
+        self.inner.tensors.contains_key(&full) || self.inner.quantized.contains_key(&full)
+    }
+
+    /// Whether `name` is stored quantized (GGUF).
+    pub fn is_quantized(&self, name: &str) -> bool {
+        self.inner.quantized.contains_key(&self.full_name(name))
+    }
+
+    /// The quantization of a GGUF file, if it recorded one.
+    pub fn quantization(&self) -> Option<GgmlDType> {
+        self.inner.quantization
     }
 
     /// All tensor names, for diagnostics.
@@ -277,28 +363,64 @@ impl Weights {
         self.inner.tensors.keys().map(String::as_str).collect()
     }
 
-    /// Tensor `name` with exactly `shape`.
+    /// Tensor `name` with exactly `shape` (a quantized one is dequantized).
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = self.full_name(name);
+        if let Some(q) = self.inner.quantized.get(&full) {
+            self.check_shape(&full, q.shape().dims(), shape)?;
+            return Ok(q
+                .dequantize(&self.inner.device)?
+                .to_dtype(self.inner.dtype)?);
+        }
         let t = self.inner.tensors.get(&full).ok_or_else(|| Error::Tensor {
             path: self.inner.path.clone(),
             name: full.clone(),
             what: format!("is missing (expected shape {shape:?})"),
             hint: "the weight file does not belong to this config.json, or it is incomplete; fetch the checkpoint again".into(),
         })?;
-        if t.dims() != shape {
-            return Err(Error::Tensor {
-                path: self.inner.path.clone(),
-                name: full,
-                what: format!("has shape {:?}, expected {shape:?} from config.json", t.dims()),
-                hint: "config.json and the weight file come from different checkpoints; fetch them together".into(),
-            });
-        }
+        self.check_shape(&full, t.dims(), shape)?;
         Ok(t.clone())
     }
 
-    /// A [out, in] projection weight wrapped for `Linear`.
+    fn check_shape(&self, full: &str, got: &[usize], want: &[usize]) -> Result<()> {
+        if got != want {
+            return Err(Error::Tensor {
+                path: self.inner.path.clone(),
+                name: full.to_string(),
+                what: format!("has shape {got:?}, expected {want:?} from config.json"),
+                hint: "config.json and the weight file come from different checkpoints; fetch them together".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A [out, in] projection weight wrapped for `Linear`: quantized when the
+    /// file stores it quantized, else a plain tensor.
     pub fn matmul_weight(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<QMatMul> {
+        let full = self.full_name(name);
+        if let Some(q) = self.inner.quantized.get(&full) {
+            self.check_shape(&full, q.shape().dims(), &[out_dim, in_dim])?;
+            return Ok(QMatMul::from_arc(q.clone())?);
+        }
         Ok(QMatMul::Tensor(self.get(name, &[out_dim, in_dim])?))
+    }
+
+    /// All tensors, float and quantized, by full name (for `transum quantize`).
+    pub fn all(&self) -> AllTensors<'_> {
+        let mut f: Vec<_> = self
+            .inner
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        let mut q: Vec<_> = self
+            .inner
+            .quantized
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        f.sort_by_key(|p| p.0);
+        q.sort_by_key(|p| p.0);
+        (f, q)
     }
 }

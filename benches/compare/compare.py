@@ -12,7 +12,7 @@ Not run in CI. Usage, from the repository root:
 
     pip install -r benches/compare/requirements.txt
     cargo build --release --bench throughput
-    python3 benches/compare/compare.py [--systems transformers,ct2-float32,ct2-int8,transum-f32]
+    python3 benches/compare/compare.py [--systems transformers,ct2-float32,ct2-int8,transum-f32,transum-q8_0]
 """
 import argparse
 import glob
@@ -137,8 +137,9 @@ def run_ct2(ct2_dir, beams, batch, compute_type):
 
 
 def run_transum(hf_dir, beams, batch, dtype):
+    quant = [] if dtype == "f32" else ["--quantize", dtype]
     out = subprocess.run([bench_binary(), "--model", hf_dir, "--batch", str(batch), "--beams", str(beams),
-                          "--json"], check=True, capture_output=True, text=True,
+                          "--json"] + quant, check=True, capture_output=True, text=True,
                          env={**os.environ, "RAYON_NUM_THREADS": str(THREADS)}).stdout
     r = json.loads(out.strip().splitlines()[-1])
     return r["tokens"], r["seconds"], r["load_seconds"], r["peak_rss_mib"]
@@ -182,7 +183,7 @@ def child(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--systems", default="transformers,ct2-float32,ct2-int8,transum-f32")
+    ap.add_argument("--systems", default="transformers,ct2-float32,ct2-int8,transum-f32,transum-q8_0")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--beams", default="1,4")
     ap.add_argument("--child")

@@ -302,10 +302,14 @@ impl BartModel {
             );
             Tensor::zeros(tgt_vocab, w.dtype(), w.device())?
         };
-        let lm_head = Linear::from_parts(
-            candle_core::quantized::QMatMul::Tensor(lm_weight),
-            Some(final_logits_bias),
-        );
+        // A quantized file (transum quantize) stores the tied lm_head quantized
+        // under its Hugging Face name; otherwise it is the (tied) float matrix.
+        let lm_matrix = if w.is_quantized("lm_head.weight") {
+            w.matmul_weight("lm_head.weight", tgt_vocab, d)?
+        } else {
+            candle_core::quantized::QMatMul::Tensor(lm_weight)
+        };
+        let lm_head = Linear::from_parts(lm_matrix, Some(final_logits_bias));
 
         // transformers 5 does not save the static table and recomputes it; files that
         // carry one (pytorch_model.bin from torch.save) are loaded as transformers
@@ -390,6 +394,60 @@ impl BartModel {
     /// The parsed config.json.
     pub fn config(&self) -> &BartConfig {
         &self.config
+    }
+
+    /// The same model with every projection (attention, FFN, lm_head)
+    /// quantized to `dtype`; embeddings, positions, norms and biases stay
+    /// float. Returns how many projections were quantized and how many kept
+    /// float because their input width is not a multiple of the block size.
+    pub fn quantize(
+        self,
+        dtype: candle_core::quantized::GgmlDType,
+    ) -> Result<(Self, usize, usize)> {
+        let (mut done, mut kept) = (0usize, 0usize);
+        let mut count = |ok: bool, n: usize| {
+            if ok {
+                done += n
+            } else {
+                kept += n
+            }
+        };
+        let lin = |l: &Linear, count: &mut dyn FnMut(bool, usize)| -> Result<Linear> {
+            Ok(match l.quantize(dtype)? {
+                Some(q) => {
+                    count(true, 1);
+                    q
+                }
+                None => {
+                    count(false, 1);
+                    l.clone()
+                }
+            })
+        };
+        let att = |a: &Attention, count: &mut dyn FnMut(bool, usize)| -> Result<Attention> {
+            let (q, ok) = a.quantize(dtype)?;
+            count(ok, 4);
+            Ok(q)
+        };
+        let mut m = self;
+        for l in &mut m.encoder_layers {
+            l.self_attn = att(&l.self_attn, &mut count)?;
+            l.fc1 = lin(&l.fc1, &mut count)?;
+            l.fc2 = lin(&l.fc2, &mut count)?;
+        }
+        for l in &mut m.decoder_layers {
+            l.self_attn = att(&l.self_attn, &mut count)?;
+            l.encoder_attn = att(&l.encoder_attn, &mut count)?;
+            l.fc1 = lin(&l.fc1, &mut count)?;
+            l.fc2 = lin(&l.fc2, &mut count)?;
+        }
+        m.lm_head = lin(&m.lm_head, &mut count)?;
+        Ok((m, done, kept))
+    }
+
+    /// Whether any projection is quantized.
+    pub fn is_quantized(&self) -> bool {
+        self.lm_head.is_quantized() || self.decoder_layers.iter().any(|l| l.fc1.is_quantized())
     }
 
     /// The device the weights live on.
@@ -523,6 +581,18 @@ impl Seq2Seq for BartModel {
     fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Vec<f32>> {
         let ids = Tensor::from_slice(tokens, (tokens.len(), 1), &self.device)?;
         let h = self.decode(state, &ids)?;
+        if self.lm_head.is_quantized() {
+            // Quantized matmul gives [rows, vocab] directly; add the bias per row.
+            let y = to_f32(&self.lm_head.forward_no_bias(&last_position(&h)?)?)?;
+            let vocab = self.logits_bias.len();
+            let mut out = y.flatten_all()?.to_vec1::<f32>()?;
+            for row in out.chunks_mut(vocab) {
+                for (x, b) in row.iter_mut().zip(&self.logits_bias) {
+                    *x += b;
+                }
+            }
+            return Ok(out);
+        }
         // [vocab, rows]: the LM head's fastest layout; transposed on the host,
         // adding final_logits_bias on the way.
         let lt = to_f32(

@@ -6,7 +6,7 @@
 //! Attention follows transformers' `BartAttention`/`MarianAttention` (Vaswani et
 //! al. 2017): q scaled by head_dim^-0.5, additive mask, softmax, out projection.
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
 use crate::error::{Error, Result};
@@ -160,6 +160,40 @@ impl Linear {
         self.bias.as_ref()
     }
 
+    /// Whether the weight is quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, QMatMul::QTensor(_))
+    }
+
+    /// The same projection with its weight quantized to `dtype`. A weight whose
+    /// input width is not a multiple of the format's block size (32 for q8_0,
+    /// 256 for k-quants) cannot be quantized and stays as it is; `None` says so.
+    pub fn quantize(&self, dtype: GgmlDType) -> Result<Option<Self>> {
+        let QMatMul::Tensor(w) = &self.weight else {
+            return Ok(Some(self.clone()));
+        };
+        if !w.dim(1)?.is_multiple_of(dtype.block_size()) {
+            return Ok(None);
+        }
+        // A fresh buffer: `w` may be a view into the fused qkv matrix, and
+        // QTensor::quantize reads the storage from its start, ignoring the offset.
+        let dense = Tensor::from_vec(
+            w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            w.dims(),
+            w.device(),
+        )?;
+        let q = QTensor::quantize(&dense, dtype)?;
+        Ok(Some(Linear {
+            weight: QMatMul::from_qtensor(q)?,
+            bias: self.bias.clone(),
+        }))
+    }
+
+    /// `x·Wᵀ` as [rows, out] for x [rows, in], without the bias.
+    pub fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.weight.forward(x)?)
+    }
+
     /// Apply to `[.., in]`; leading dimensions are flattened so that one GEMM runs.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
@@ -276,15 +310,20 @@ pub fn sinusoidal_table(n_pos: usize, dim: usize) -> Vec<f32> {
     out
 }
 
+/// The q, k, v projections of one attention layer.
+#[derive(Debug, Clone)]
+enum Projections {
+    /// Float weights: fused ([3d, d], one GEMM for self-attention); `q` and `kv`
+    /// are views into the same buffer for cross-attention, so nothing is copied.
+    Fused { qkv: Linear, q: Linear, kv: Linear },
+    /// Quantized weights, apart: a quantized matrix cannot be sliced into views.
+    Separate { q: Linear, k: Linear, v: Linear },
+}
+
 /// Multi-head attention projections for one layer.
-///
-/// q, k and v are stored fused ([3d, d], one GEMM for self-attention); `q` and
-/// `kv` are views into the same buffer for cross-attention, so nothing is copied.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    qkv: Linear,
-    q: Linear,
-    kv: Linear,
+    proj: Projections,
     o: Linear,
     heads: usize,
     head_dim: usize,
@@ -318,20 +357,57 @@ impl Attention {
             ));
         }
         let head_dim = dim / heads;
-        let qkv = Linear::fused(&[
+        let parts = [
             Linear::load(&w.pp("q_proj"), dim, dim, true)?,
             Linear::load(&w.pp("k_proj"), dim, dim, true)?,
             Linear::load(&w.pp("v_proj"), dim, dim, true)?,
-        ])?;
+        ];
+        let proj = if parts.iter().any(Linear::is_quantized) {
+            let [q, k, v] = parts;
+            Projections::Separate { q, k, v }
+        } else {
+            let qkv = Linear::fused(&parts)?;
+            Projections::Fused {
+                q: qkv.rows(0, dim)?,
+                kv: qkv.rows(dim, 2 * dim)?,
+                qkv,
+            }
+        };
         Ok(Attention {
-            q: qkv.rows(0, dim)?,
-            kv: qkv.rows(dim, 2 * dim)?,
-            qkv,
+            proj,
             o: Linear::load(&w.pp("out_proj"), dim, dim, true)?,
             heads,
             head_dim,
             scaling: (head_dim as f64).powf(-0.5),
         })
+    }
+
+    /// The same layer with every projection quantized to `dtype`; unchanged
+    /// (and `false`) when the width is not a multiple of the block size.
+    pub fn quantize(&self, dtype: GgmlDType) -> Result<(Self, bool)> {
+        let d = self.heads * self.head_dim;
+        let (q, k, v) = match &self.proj {
+            Projections::Fused { qkv, .. } => {
+                (qkv.rows(0, d)?, qkv.rows(d, d)?, qkv.rows(2 * d, d)?)
+            }
+            Projections::Separate { q, k, v } => (q.clone(), k.clone(), v.clone()),
+        };
+        match (
+            q.quantize(dtype)?,
+            k.quantize(dtype)?,
+            v.quantize(dtype)?,
+            self.o.quantize(dtype)?,
+        ) {
+            (Some(q), Some(k), Some(v), Some(o)) => Ok((
+                Attention {
+                    proj: Projections::Separate { q, k, v },
+                    o,
+                    ..self.clone()
+                },
+                true,
+            )),
+            _ => Ok((self.clone(), false)),
+        }
     }
 
     /// [b, t, d] -> [b, heads, t, head_dim]
@@ -344,11 +420,17 @@ impl Attention {
 
     /// Keys and values of `x` ([b, s, d]), for cross-attention.
     pub fn key_value(&self, x: &Tensor) -> Result<KeyValue> {
-        let kv = self.kv.forward(x)?;
         let d = self.heads * self.head_dim;
+        let (k, v) = match &self.proj {
+            Projections::Fused { kv, .. } => {
+                let kv = kv.forward(x)?;
+                (kv.narrow(2, 0, d)?, kv.narrow(2, d, d)?)
+            }
+            Projections::Separate { k, v, .. } => (k.forward(x)?, v.forward(x)?),
+        };
         Ok(KeyValue {
-            k: self.split_heads(&kv.narrow(2, 0, d)?)?,
-            v: self.split_heads(&kv.narrow(2, d, d)?)?,
+            k: self.split_heads(&k)?,
+            v: self.split_heads(&v)?,
         })
     }
 
@@ -444,12 +526,22 @@ impl Attention {
         cache: Option<&mut Option<KeyValue>>,
         reorder: Option<&[u32]>,
     ) -> Result<Tensor> {
-        let qkv = self.qkv.forward(x)?;
         let d = self.heads * self.head_dim;
-        let q = self.split_heads(&qkv.narrow(2, 0, d)?)?;
+        let (q, k, v) = match &self.proj {
+            Projections::Fused { qkv, .. } => {
+                let qkv = qkv.forward(x)?;
+                (
+                    qkv.narrow(2, 0, d)?,
+                    qkv.narrow(2, d, d)?,
+                    qkv.narrow(2, 2 * d, d)?,
+                )
+            }
+            Projections::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+        };
+        let q = self.split_heads(&q)?;
         let new = KeyValue {
-            k: self.split_heads(&qkv.narrow(2, d, d)?)?,
-            v: self.split_heads(&qkv.narrow(2, 2 * d, d)?)?,
+            k: self.split_heads(&k)?,
+            v: self.split_heads(&v)?,
         };
         let kv = match cache {
             Some(slot) => {
@@ -481,7 +573,10 @@ impl Attention {
     ) -> Result<Tensor> {
         let (rows, t, d) = x.dims3()?;
         let items = rows / group;
-        let q = self.q.forward(x)?.reshape((items, group * t, d))?;
+        let q = match &self.proj {
+            Projections::Fused { q, .. } | Projections::Separate { q, .. } => q.forward(x)?,
+        };
+        let q = q.reshape((items, group * t, d))?;
         let q = self.split_heads(&q)?;
         let out = self.attend(&q, kv, Some(mask))?;
         Ok(out.reshape((rows, t, d))?)

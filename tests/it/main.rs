@@ -9,6 +9,7 @@ mod fuzz;
 mod hub;
 mod nightly;
 mod parity;
+mod quant;
 mod run;
 mod summary;
 mod units;
