@@ -153,7 +153,13 @@ fn main() {
         .position(|a| a == "--quantize")
         .map(|i| args[i + 1].clone());
     if let (Some(batch), Some(beams)) = (arg("--batch"), arg("--beams")) {
-        run_one(&dir, batch, beams, args.iter().any(|a| a == "--json"), quant.as_deref());
+        run_one(
+            &dir,
+            batch,
+            beams,
+            args.iter().any(|a| a == "--json"),
+            quant.as_deref(),
+        );
         return;
     }
     println!(

@@ -376,7 +376,7 @@ impl Weights {
             path: self.inner.path.clone(),
             name: full.clone(),
             what: format!("is missing (expected shape {shape:?})"),
-            hint: "the weight file does not belong to this config.json, or it is incomplete; fetch the checkpoint again".into(),
+            hint: "the weight file does not belong to this config.json, or it is incomplete; fetch the checkpoint again (`transum download --force <model>`)".into(),
         })?;
         self.check_shape(&full, t.dims(), shape)?;
         Ok(t.clone())
@@ -388,7 +388,7 @@ impl Weights {
                 path: self.inner.path.clone(),
                 name: full.to_string(),
                 what: format!("has shape {got:?}, expected {want:?} from config.json"),
-                hint: "config.json and the weight file come from different checkpoints; fetch them together".into(),
+                hint: "config.json and the weight file come from different checkpoints; fetch them together (`transum download --force <model>`)".into(),
             });
         }
         Ok(())
