@@ -45,6 +45,10 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub verbose: bool,
 
+    /// CPU threads for the model's maths (default: all cores).
+    #[arg(long, global = true, env = "TRANSUM_THREADS")]
+    pub threads: Option<usize>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -442,11 +446,31 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         force: args.force,
         wait: args.wait,
     };
+    let spinner = std::cell::RefCell::new(None::<ProgressBar>);
     let manifest = transum::pipeline::run(
         &translator,
         record,
         summarizer.as_ref(),
         &opts,
+        |articles| {
+            let what = format!(
+                "summarizing {articles} article(s) ({})",
+                args.summary
+                    .summarizer
+                    .to_possible_value()
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default()
+            );
+            if tty {
+                bar.finish_and_clear();
+                let sp = multi.add(ProgressBar::new_spinner());
+                sp.set_message(what);
+                sp.enable_steady_tick(std::time::Duration::from_millis(120));
+                *spinner.borrow_mut() = Some(sp);
+            } else {
+                eprintln!("{what}");
+            }
+        },
         |path, i, n| {
             let name = path
                 .file_name()
@@ -466,6 +490,9 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
             bar.set_position(done as u64);
         },
     )?;
+    if let Some(sp) = spinner.into_inner() {
+        sp.finish_and_clear();
+    }
     bar.finish_and_clear();
     overall.finish_and_clear();
     let failed: Vec<_> = manifest

@@ -10,6 +10,18 @@ use clap::Parser;
 fn main() -> ExitCode {
     transum::device::tune_allocator();
     let args = cli::Cli::parse();
+    if let Some(n) = args.threads {
+        if n == 0 {
+            eprintln!("error: --threads must be at least 1\n  hint: omit it to use every core");
+            return ExitCode::from(2);
+        }
+        // candle's CPU kernels read RAYON_NUM_THREADS; rayon's pool is built
+        // here, before any work, so both use exactly n threads.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if args.verbose { "info" } else { "warn" })
     });

@@ -349,6 +349,7 @@ pub fn run(
     model: ModelRecord,
     summarizer: Option<&crate::summary::Summarizer>,
     opts: &RunOptions,
+    mut on_summary: impl FnMut(usize),
     mut on_article: impl FnMut(&Path, usize, usize),
     mut on_progress: impl FnMut(&Path, usize, usize),
 ) -> Result<Manifest> {
@@ -470,6 +471,13 @@ pub fn run(
     }
     crate::failpoint::hit("before-summary");
     manifest.summary = summarizer.map(|s| {
+        on_summary(
+            manifest
+                .articles
+                .iter()
+                .filter(|r| r.status != "failed")
+                .count(),
+        );
         summary_stage(
             s,
             opts,

@@ -120,6 +120,33 @@ fn setup_errors_exit_2_and_say_what_to_do() {
         "{err}"
     );
 
+    // Zero threads.
+    let out = transum(
+        dir.path(),
+        &["--threads", "0", "translate", "-"],
+        Some("Bonjour.\n"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threads must be at least 1"));
+    // One thread gives the same translation as all cores.
+    let m = fixture_model("marian-a");
+    let args = [
+        "translate",
+        "-",
+        "-m",
+        m.to_str().unwrap(),
+        "--beams",
+        "2",
+        "--max-new-tokens",
+        "8",
+    ];
+    let all = transum(dir.path(), &args, Some("Le Kremlin a répondu.\n"));
+    let mut one_args = vec!["--threads", "1"];
+    one_args.extend(args);
+    let one = transum(dir.path(), &one_args, Some("Le Kremlin a répondu.\n"));
+    assert_eq!(one.status.code(), Some(0));
+    assert_eq!(one.stdout, all.stdout);
+
     // A hub model not in the cache, offline.
     let out = transum(
         dir.path(),
