@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::hub::ModelFiles;
-use crate::weights::Weights;
+use crate::weights::{is_projection, Weights};
 
 /// What `transum quantize` wrote.
 #[derive(Debug, Clone)]
@@ -41,13 +41,6 @@ pub fn parse_dtype(name: &str) -> Result<GgmlDType> {
             format!("use one of: {}", DTYPE_NAMES.join(", ")),
         )
     })
-}
-
-fn is_projection(name: &str) -> bool {
-    name == "lm_head.weight"
-        || ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-            .iter()
-            .any(|p| name.ends_with(&format!(".{p}.weight")))
 }
 
 /// Files copied next to `model.gguf`.

@@ -90,7 +90,14 @@ impl Translator {
             ));
         }
         let start = std::time::Instant::now();
-        let weights = Weights::load(&files.weights, &placement.device, placement.dtype)?;
+        // Projections are quantized as they are read (--quantize), so their f32
+        // copies never all sit in memory together.
+        let weights = Weights::load_quantized(
+            &files.weights,
+            &placement.device,
+            placement.dtype,
+            placement.quantize,
+        )?;
         let mut model = BartModel::load(config, &weights)?;
         let mut quantization = weights.quantization();
         if let Some(q) = placement.quantize {

@@ -42,7 +42,7 @@ pub fn find_weight_file(dir: &Path) -> Result<PathBuf> {
 /// would be copied anyway and its pages would count in the peak RSS next to the
 /// copies (measured: 576 MiB peak for a 300 MB f32 model). Reading each tensor
 /// into its final buffer keeps the peak at the model plus one tensor.
-fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+fn read_safetensors(path: &Path, sink: &mut dyn FnMut(String, Tensor) -> Result<()>) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let bad = |what: String, source: Option<crate::error::BoxError>| {
         Error::file(
@@ -88,7 +88,6 @@ fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
             )
         })?;
     let data_start = 8 + header_len;
-    let mut out = Vec::new();
     for (name, info) in meta {
         if name == "__metadata__" {
             continue;
@@ -150,9 +149,17 @@ fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
             file.read_exact_at(&mut bytes, offset).map_err(read_err)?;
             Tensor::from_raw_buffer(&bytes, dtype, &shape, &Device::Cpu)?
         };
-        out.push((name, t));
+        sink(name, t)?;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Whether `name` is a projection weight (what quantization applies to).
+pub fn is_projection(name: &str) -> bool {
+    name == "lm_head.weight"
+        || ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+            .iter()
+            .any(|p| name.ends_with(&format!(".{p}.weight")))
 }
 
 /// A GGUF file's tensors: quantized ones kept as they are, float ones as tensors.
@@ -230,6 +237,18 @@ pub struct Weights {
 impl Weights {
     /// Load every tensor of `path` onto `device`, converting floats to `dtype`.
     pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_quantized(path, device, dtype, None)
+    }
+
+    /// As [`Weights::load`], quantizing every projection weight to `quantize`
+    /// as it is read (when its input width fits the format's blocks), so that a
+    /// safetensors checkpoint never has all its f32 projections in memory at once.
+    pub fn load_quantized(
+        path: &Path,
+        device: &Device,
+        dtype: DType,
+        quantize: Option<GgmlDType>,
+    ) -> Result<Self> {
         let corrupt = |e: candle_core::Error| {
             Error::file(
                 path,
@@ -239,27 +258,43 @@ impl Weights {
             )
         };
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        let mut quantized = HashMap::new();
+        let mut quantized: HashMap<String, Arc<QTensor>> = HashMap::new();
         let mut quantization = None;
-        let raw: Vec<(String, Tensor)> = match ext {
-            "safetensors" => read_safetensors(path)?,
-            "gguf" => {
-                let (floats, q, qd) = read_gguf(path, device)?;
-                quantized = q;
-                quantization = qd;
-                floats
+        let mut tensors = HashMap::new();
+        let mut add = |name: String, t: Tensor| -> Result<()> {
+            if let Some(q) = quantize {
+                if is_projection(&name) && t.rank() == 2 && t.dim(1)?.is_multiple_of(q.block_size())
+                {
+                    let t = t.to_dtype(DType::F32)?.contiguous()?;
+                    quantized.insert(name, Arc::new(QTensor::quantize(&t, q)?));
+                    return Ok(());
+                }
             }
-            _ => candle_core::pickle::read_all_with_key(path, None).map_err(corrupt)?,
-        };
-        let mut tensors = HashMap::with_capacity(raw.len());
-        for (name, t) in raw {
             let t = if t.dtype().is_float() && t.dtype() != dtype {
                 t.to_dtype(dtype)?
             } else {
                 t
             };
-            let t = t.to_device(device)?;
-            tensors.insert(name, t);
+            tensors.insert(name, t.to_device(device)?);
+            Ok(())
+        };
+        match ext {
+            "safetensors" => read_safetensors(path, &mut add)?,
+            "gguf" => {
+                let (floats, q, qd) = read_gguf(path, device)?;
+                for (name, t) in floats {
+                    add(name, t)?;
+                }
+                quantized.extend(q);
+                quantization = qd;
+            }
+            _ => {
+                for (name, t) in
+                    candle_core::pickle::read_all_with_key(path, None).map_err(corrupt)?
+                {
+                    add(name, t)?;
+                }
+            }
         }
         // Some exports drop the `model.` prefix of BartModel-style checkpoints.
         if !tensors
@@ -267,15 +302,17 @@ impl Weights {
             .chain(quantized.keys())
             .any(|k| k.starts_with("model."))
         {
-            tensors = tensors
+            let prefixed = |k: String| {
+                if k == "final_logits_bias" || k.starts_with("lm_head.") {
+                    k
+                } else {
+                    format!("model.{k}")
+                }
+            };
+            tensors = tensors.into_iter().map(|(k, v)| (prefixed(k), v)).collect();
+            quantized = quantized
                 .into_iter()
-                .map(|(k, v)| {
-                    if k == "final_logits_bias" || k.starts_with("lm_head.") {
-                        (k, v)
-                    } else {
-                        (format!("model.{k}"), v)
-                    }
-                })
+                .map(|(k, v)| (prefixed(k), v))
                 .collect();
         }
         Ok(Weights {

@@ -142,10 +142,12 @@ impl HfTokenizer {
         }
     }
 
+    /// Id of the end-of-sequence token.
     pub fn eos_id(&self) -> u32 {
         self.eos_id
     }
 
+    /// Id of the padding token.
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }

@@ -65,6 +65,7 @@ impl TextTokenizer {
         }
     }
 
+    /// Id of the end-of-sequence token.
     pub fn eos_id(&self) -> u32 {
         match self {
             TextTokenizer::Marian(t) => t.eos_id(),
@@ -72,6 +73,7 @@ impl TextTokenizer {
         }
     }
 
+    /// Id of the padding token.
     pub fn pad_id(&self) -> u32 {
         match self {
             TextTokenizer::Marian(t) => t.pad_id(),
