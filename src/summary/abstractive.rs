@@ -41,13 +41,7 @@ pub fn select_input(
         let s = g.representative;
         let sentence = &corpus.sentences[s].text;
         if !g.eligible {
-            left_out.push(LeftOut {
-                text: sentence.clone(),
-                reason: format!(
-                    "only one article states it and it shares nothing with the others (similarity {:.2} < {RELATED})",
-                    g.relevance
-                ),
-            });
+            left_out.push(g.left_out_as_unrelated(corpus));
             continue;
         }
         if chosen

@@ -21,13 +21,7 @@ pub fn summarize(articles: &[Article], max_words: usize) -> Summary {
         let s = group.representative;
         let text = &corpus.sentences[s].text;
         if !group.eligible {
-            left_out.push(LeftOut {
-                text: text.clone(),
-                reason: format!(
-                    "only {} states it and it shares nothing with the other articles (similarity {:.2} < {RELATED})",
-                    corpus.names[group.articles[0]], group.relevance
-                ),
-            });
+            left_out.push(group.left_out_as_unrelated(&corpus));
             continue;
         }
         if let Some(&(_, dup)) = chosen

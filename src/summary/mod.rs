@@ -337,6 +337,19 @@ pub fn group_facts(corpus: &Corpus) -> Vec<Group> {
     out
 }
 
+impl Group {
+    /// The `left_out` entry of an ineligible group (noise, off-topic).
+    pub fn left_out_as_unrelated(&self, corpus: &Corpus) -> LeftOut {
+        LeftOut {
+            text: corpus.sentences[self.representative].text.clone(),
+            reason: format!(
+                "only {} states it and it shares nothing with the other articles (similarity {:.2} < {RELATED})",
+                corpus.names[self.articles[0]], self.relevance
+            ),
+        }
+    }
+}
+
 /// A source sentence supporting a summary sentence.
 #[derive(Debug, Clone, Serialize)]
 pub struct Support {

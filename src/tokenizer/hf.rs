@@ -19,7 +19,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sentencepiece_model::SentencePieceModel;
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::decoders::metaspace::{Metaspace, PrependScheme};
 use tokenizers::models::bpe::BPE;
@@ -30,7 +29,7 @@ use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
-use super::read_json;
+use super::{read_json, read_spm};
 use crate::error::{Error, Result};
 
 /// A BART or Pegasus tokenizer.
@@ -227,22 +226,7 @@ fn byte_level_bpe(dir: &Path, config: &serde_json::Value) -> Result<Tokenizer> {
 
 /// `PegasusTokenizer` built from `spiece.model` by transformers 5.
 fn pegasus_unigram(path: &Path, config: &serde_json::Value) -> Result<Tokenizer> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::file(
-            path,
-            "cannot read the SentencePiece model",
-            "check that the model directory is complete (`transum download` fetches it)",
-            Some(Box::new(e)),
-        )
-    })?;
-    let model = SentencePieceModel::from_slice(&bytes).map_err(|e| {
-        Error::file(
-            path,
-            "is not a valid SentencePiece model (protobuf decode failed)",
-            "the file is corrupt; fetch it again",
-            Some(Box::new(e)),
-        )
-    })?;
+    let model = read_spm(path)?;
     let pad = config_str(config, "pad_token", "<pad>");
     let eos = config_str(config, "eos_token", "</s>");
     // convert_from_spm's defaults (note: mask_token <mask_1>, the reverse of
@@ -326,27 +310,21 @@ fn pegasus_unigram(path: &Path, config: &serde_json::Value) -> Result<Tokenizer>
             None,
         )
     })?;
+    let template_err = |e: &dyn std::fmt::Display| {
+        Error::file(
+            path,
+            format!("cannot build the `$A {eos}` template: {e}"),
+            "its eos_token in tokenizer_config.json is unusable; fetch the checkpoint again",
+            None,
+        )
+    };
     let post = TemplateProcessing::builder()
         .try_single(format!("$A {eos}"))
         .and_then(|b| b.try_pair(format!("$A $B {eos}")))
-        .map_err(|e| {
-            Error::file(
-                path,
-                format!("cannot build the `$A {eos}` template: {e}"),
-                "this is a bug",
-                None,
-            )
-        })?
+        .map_err(|e| template_err(&e))?
         .special_tokens(vec![(eos.clone(), eos_id)])
         .build()
-        .map_err(|e| {
-            Error::file(
-                path,
-                format!("cannot build the `$A {eos}` template: {e}"),
-                "this is a bug",
-                None,
-            )
-        })?;
+        .map_err(|e| template_err(&e))?;
     t.with_post_processor(Some(post));
     Ok(t)
 }

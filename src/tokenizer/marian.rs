@@ -17,12 +17,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use sentencepiece_model::{SentencePieceModel, Type as PieceType};
+use sentencepiece_model::Type as PieceType;
 use tokenizers::models::unigram::Unigram;
 use tokenizers::normalizers::Precompiled;
 use tokenizers::{NormalizedString, Normalizer};
 
-use super::read_json;
+use super::{read_json, read_spm};
 use crate::error::{Error, Result};
 
 const SPACE_SYMBOL: char = '\u{2581}';
@@ -47,22 +47,7 @@ struct SpmModel {
 
 impl SpmModel {
     fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| {
-            Error::file(
-                path,
-                "cannot read the SentencePiece model",
-                "check that the model directory is complete (`transum download` fetches it)",
-                Some(Box::new(e)),
-            )
-        })?;
-        let model = SentencePieceModel::from_slice(&bytes).map_err(|e| {
-            Error::file(
-                path,
-                "is not a valid SentencePiece model (protobuf decode failed)",
-                "the file is corrupt or not a .spm; fetch it again",
-                Some(Box::new(e)),
-            )
-        })?;
+        let model = read_spm(path)?;
         if let Some(trainer) = model.trainer() {
             // Only unigram models are used by Marian; BPE would need another segmenter.
             if trainer.model_type() != sentencepiece_model::ModelType::Unigram {

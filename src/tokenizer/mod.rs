@@ -34,6 +34,26 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     })
 }
 
+/// Read and parse a SentencePiece model file (`.spm`, `spiece.model`).
+pub(crate) fn read_spm(path: &Path) -> Result<sentencepiece_model::SentencePieceModel> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::file(
+            path,
+            "cannot read the SentencePiece model",
+            "check that the model directory is complete (`transum download` fetches it)",
+            Some(Box::new(e)),
+        )
+    })?;
+    sentencepiece_model::SentencePieceModel::from_slice(&bytes).map_err(|e| {
+        Error::file(
+            path,
+            "is not a valid SentencePiece model (protobuf decode failed)",
+            "the file is corrupt or not a SentencePiece model; fetch it again",
+            Some(Box::new(e)),
+        )
+    })
+}
+
 /// The tokenizer of a checkpoint, whichever family it belongs to.
 pub enum TextTokenizer {
     Marian(Box<MarianTokenizer>),

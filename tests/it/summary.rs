@@ -15,7 +15,8 @@ use transum::summary::{abstractive, extractive, Article, Corpus, Summary};
 
 use crate::harness::{fixture_model, repo, transum, TempDir};
 
-fn articles() -> Vec<Article> {
+/// The test articles' paths, sorted.
+fn article_paths() -> Vec<PathBuf> {
     let dir = repo().join("tests/fixtures/summary");
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -23,6 +24,10 @@ fn articles() -> Vec<Article> {
         .collect();
     paths.sort();
     paths
+}
+
+fn articles() -> Vec<Article> {
+    article_paths()
         .into_iter()
         .map(|p| Article {
             name: p.file_name().unwrap().to_string_lossy().into_owned(),
@@ -289,15 +294,9 @@ fn abstractive_input_fits_the_window_and_says_what_was_left_out() {
 #[test]
 fn summarize_command_prints_markdown_or_writes_both_files() {
     let dir = TempDir::new("summarize");
-    let files: Vec<String> = articles()
+    let files: Vec<String> = article_paths()
         .iter()
-        .map(|a| {
-            repo()
-                .join("tests/fixtures/summary")
-                .join(&a.name)
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|p| p.to_string_lossy().into_owned())
         .collect();
     let mut args = vec![
         "summarize",
@@ -358,15 +357,11 @@ fn abstractive_summaries_cite_sources_for_every_kept_sentence() {
         "-o".into(),
         "out".into(),
     ];
-    for a in articles() {
-        args.push(
-            repo()
-                .join("tests/fixtures/summary")
-                .join(&a.name)
-                .to_string_lossy()
-                .into_owned(),
-        );
-    }
+    args.extend(
+        article_paths()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned()),
+    );
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = transum(dir.path(), &refs, None);
     assert_eq!(
