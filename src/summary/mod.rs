@@ -190,17 +190,14 @@ impl Corpus {
         }
     }
 
-    /// Highest similarity of sentence `s` to any sentence of another article.
-    pub fn relevance(&self, s: usize) -> f32 {
-        relevance_in(self, s, &self.index.row(s))
-    }
-
     /// Number of articles.
     pub fn articles(&self) -> usize {
         self.names.len()
     }
 }
 
+/// Highest similarity of sentence `s` to any sentence of another article,
+/// given its similarity row.
 fn relevance_in(corpus: &Corpus, s: usize, row: &[(usize, f32)]) -> f32 {
     let a = corpus.sentences[s].article;
     row.iter()
