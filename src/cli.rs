@@ -495,6 +495,12 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
     }
     bar.finish_and_clear();
     overall.finish_and_clear();
+    if manifest.articles.is_empty() {
+        eprintln!(
+            "{}: no articles (*.txt) to translate; nothing to do",
+            args.corpus.display()
+        );
+    }
     let failed: Vec<_> = manifest
         .articles
         .iter()

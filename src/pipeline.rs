@@ -470,7 +470,15 @@ pub fn run(
         }
     }
     crate::failpoint::hit("before-summary");
-    manifest.summary = summarizer.map(|s| {
+    if articles.is_empty() {
+        // A quiet night: nothing to translate is not a failure, and an empty
+        // summary would only overwrite the last good one.
+        tracing::warn!(
+            "{}: no articles (*.txt); nothing to do",
+            opts.corpus.display()
+        );
+    }
+    manifest.summary = summarizer.filter(|_| !articles.is_empty()).map(|s| {
         on_summary(
             manifest
                 .articles

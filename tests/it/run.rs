@@ -311,3 +311,22 @@ fn missing_corpus_is_a_setup_error() {
         "nothing written on a setup error"
     );
 }
+
+#[test]
+fn an_empty_corpus_is_a_quiet_night() {
+    let dir = TempDir::new("empty-corpus");
+    std::fs::create_dir_all(dir.path().join("corpus")).unwrap();
+    let model = fixture_model("marian-a");
+    let out = transum(dir.path(), &run_args(model.to_str().unwrap()), None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to do"));
+    let m = manifest(dir.path());
+    assert!(m["articles"].as_array().unwrap().is_empty());
+    assert!(m["summary"].is_null());
+    assert!(!dir.path().join("outputs/summary.md").exists());
+}
