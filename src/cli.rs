@@ -301,10 +301,22 @@ fn quantize(args: QuantizeArgs) -> Result<ExitCode> {
         report.out.display()
     );
     if !report.kept_float.is_empty() {
+        let shown: Vec<&str> = report
+            .kept_float
+            .iter()
+            .take(4)
+            .map(String::as_str)
+            .collect();
+        let more = report.kept_float.len() - shown.len();
         eprintln!(
-            "kept f32 (input width not a multiple of the {}-wide block): {}",
+            "kept f32 (input width not a multiple of the {}-wide block): {}{}",
             dtype.block_size(),
-            report.kept_float.join(", ")
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(ExitCode::SUCCESS)
