@@ -330,3 +330,57 @@ fn an_empty_corpus_is_a_quiet_night() {
     assert!(m["summary"].is_null());
     assert!(!dir.path().join("outputs/summary.md").exists());
 }
+
+/// The real models, end to end. Ignored by default because it downloads about
+/// 1.5 GB from the Hugging Face Hub; run it where the hub is reachable with
+/// `cargo test --release -- --ignored real_models`.
+#[test]
+#[ignore = "needs the network: downloads Helsinki-NLP/opus-mt-fr-en and sshleifer/distilbart-cnn-12-6"]
+fn real_models_translate_and_summarize_the_corpus() {
+    let dir = TempDir::new("real");
+    copy_corpus(&dir.path().join("corpus"));
+    let models = repo().join("models");
+    let out = crate::harness::transum_env(
+        dir.path(),
+        &["run", "--models-dir", models.to_str().unwrap()],
+        None,
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = manifest(dir.path());
+    assert!(m["articles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["status"] == "ok"));
+    assert!(m["model"]["resolved_revision"].is_string());
+    // Real translations mention the story's names in English.
+    let all: String = m["articles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            std::fs::read_to_string(
+                dir.path()
+                    .join("outputs")
+                    .join(a["output"].as_str().unwrap()),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert!(all.contains("Kim") && all.contains("Putin"), "{all}");
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("outputs/summary.json")).unwrap(),
+    )
+    .unwrap();
+    let sentences = summary["sentences"].as_array().unwrap();
+    assert!(!sentences.is_empty(), "{summary}");
+    assert!(sentences
+        .iter()
+        .all(|s| !s["sources"].as_array().unwrap().is_empty()));
+}
