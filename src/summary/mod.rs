@@ -196,6 +196,17 @@ impl Corpus {
     }
 }
 
+/// Whether `text` reads as a sentence rather than a heading or a fragment:
+/// three words or more ending with sentence-final punctuation (a closing quote
+/// or bracket may follow), or a long line of twelve words or more.
+pub fn is_sentence(text: &str) -> bool {
+    let end = text
+        .trim_end()
+        .trim_end_matches(['»', '"', '”', '’', ')', ' ', '\u{a0}', '\u{202f}']);
+    let words = word_count(text);
+    (words >= 3 && end.ends_with(['.', '!', '?', '…'])) || words >= 12
+}
+
 /// Highest similarity of sentence `s` to any sentence of another article,
 /// given its similarity row.
 fn relevance_in(corpus: &Corpus, s: usize, row: &[(usize, f32)]) -> f32 {
@@ -219,7 +230,8 @@ pub struct Group {
     pub relevance: f32,
     /// Mean relative position of the members (story order).
     pub position: f32,
-    /// Whether it may appear in a summary (see the module doc on noise).
+    /// Whether it may appear in a summary: see the module doc on noise; a group
+    /// of headings only is not eligible either.
     pub eligible: bool,
 }
 
@@ -277,6 +289,7 @@ pub fn group_facts(corpus: &Corpus) -> Vec<Group> {
         group_of[s] = Some(g);
     }
     let single_article = corpus.articles() <= 1;
+    let any_sentence = corpus.sentences.iter().any(|s| is_sentence(&s.text));
     let mut out: Vec<Group> = groups
         .into_iter()
         .map(|members| {
@@ -296,8 +309,13 @@ pub fn group_facts(corpus: &Corpus) -> Vec<Group> {
                             .map(|&o| corpus.index.sim(x, o))
                             .sum()
                     };
-                    // Ties go to the earlier sentence (max_by keeps the last max).
-                    score(a).total_cmp(&score(b)).then(b.cmp(&a))
+                    // Whole sentences before headings; then the most central;
+                    // ties go to the earlier sentence (max_by keeps the last max).
+                    let whole = |x: usize| is_sentence(&corpus.sentences[x].text);
+                    whole(a)
+                        .cmp(&whole(b))
+                        .then(score(a).total_cmp(&score(b)))
+                        .then(b.cmp(&a))
                 })
                 .expect("a group has a member");
             let relevance = members.iter().map(|&m| relevance[m]).fold(0.0, f32::max);
@@ -306,7 +324,11 @@ pub fn group_facts(corpus: &Corpus) -> Vec<Group> {
                 .map(|&m| corpus.relative_position(m))
                 .sum::<f32>()
                 / members.len() as f32;
-            let eligible = single_article || articles.len() >= 2 || relevance >= RELATED;
+            // A group of headings only (no sentence states the fact) has no
+            // sentence to offer a summary, unless the corpus has no sentences
+            // at all (articles written as bare lines).
+            let whole = !any_sentence || is_sentence(&corpus.sentences[representative].text);
+            let eligible = whole && (single_article || articles.len() >= 2 || relevance >= RELATED);
             Group {
                 members,
                 articles,
@@ -335,15 +357,18 @@ pub fn group_facts(corpus: &Corpus) -> Vec<Group> {
 }
 
 impl Group {
-    /// The `left_out` entry of an ineligible group (noise, off-topic).
+    /// The `left_out` entry of an ineligible group (noise, off-topic, headings).
     pub fn left_out_as_unrelated(&self, corpus: &Corpus) -> LeftOut {
-        LeftOut {
-            text: corpus.sentences[self.representative].text.clone(),
-            reason: format!(
+        let text = corpus.sentences[self.representative].text.clone();
+        let reason = if !is_sentence(&text) {
+            "a heading or fragment, not a sentence".to_string()
+        } else {
+            format!(
                 "only {} states it and it shares nothing with the other articles (similarity {:.2} < {RELATED})",
                 corpus.names[self.articles[0]], self.relevance
-            ),
-        }
+            )
+        };
+        LeftOut { text, reason }
     }
 }
 
