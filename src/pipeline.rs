@@ -539,6 +539,7 @@ fn summary_stage(
             "version": env!("CARGO_PKG_VERSION"),
             "summarizer": template.summarizer,
             "model": template.model,
+            "precision": template.precision,
             "generation": template.generation,
             "max_words": opts.max_words,
             "thresholds": [template.same_fact_threshold, template.related_threshold, template.supports_threshold],

@@ -50,6 +50,9 @@ pub enum Summarizer {
 pub struct SummaryRecord {
     pub summarizer: String,
     pub model: Option<ModelRecord>,
+    /// Precision of the summary model's projections (f32, q8_0, ...).
+    #[serde(default)]
+    pub precision: Option<String>,
     pub generation: Option<GenerationOptions>,
     pub max_words: usize,
     pub same_fact_threshold: f32,
@@ -90,17 +93,19 @@ impl Summarizer {
         articles: usize,
         seconds: f64,
     ) -> SummaryRecord {
-        let (name, model, generation) = match self {
-            Summarizer::Extractive => ("extractive", None, None),
+        let (name, model, precision, generation) = match self {
+            Summarizer::Extractive => ("extractive", None, None, None),
             Summarizer::Abstractive { model, record, .. } => (
                 "abstractive",
                 Some(record.clone()),
+                Some(model.precision()),
                 Some(model.options.clone()),
             ),
         };
         SummaryRecord {
             summarizer: name.into(),
             model,
+            precision,
             generation,
             max_words,
             same_fact_threshold: SAME_FACT,

@@ -376,6 +376,19 @@ fn abstractive_summaries_cite_sources_for_every_kept_sentence() {
     .unwrap();
     assert_eq!(json["summarizer"], "abstractive");
     assert!(!json["raw_output"].as_str().unwrap().is_empty());
+    // The summary model quantized at load runs the same pipeline.
+    let mut q = refs.clone();
+    assert_eq!(q[4], "out");
+    q[4] = "out-q8";
+    q.extend(["--summary-quantize", "q8_0"]);
+    let out = transum(dir.path(), &q, None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("out-q8/summary.json").is_file());
     for s in json["sentences"].as_array().unwrap() {
         assert!(!s["sources"].as_array().unwrap().is_empty(), "{s}");
     }
