@@ -29,7 +29,7 @@ use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
-use super::{read_json, read_spm};
+use super::{clean_up_tokenization, read_json, read_spm};
 use crate::error::{Error, Result};
 
 /// A BART or Pegasus tokenizer.
@@ -155,20 +155,6 @@ impl HfTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
-}
-
-/// transformers' `clean_up_tokenization`.
-fn clean_up_tokenization(text: &str) -> String {
-    text.replace(" .", ".")
-        .replace(" ?", "?")
-        .replace(" !", "!")
-        .replace(" ,", ",")
-        .replace(" ' ", "'")
-        .replace(" n't", "n't")
-        .replace(" 'm", "'m")
-        .replace(" 's", "'s")
-        .replace(" 've", "'ve")
-        .replace(" 're", "'re")
 }
 
 /// `RobertaTokenizer(vocab, merges)` of transformers 5.

@@ -22,7 +22,7 @@ use tokenizers::models::unigram::Unigram;
 use tokenizers::normalizers::Precompiled;
 use tokenizers::{NormalizedString, Normalizer};
 
-use super::{read_json, read_spm};
+use super::{clean_up_tokenization, read_json, read_spm};
 use crate::error::{Error, Result};
 
 const SPACE_SYMBOL: char = '\u{2581}';
@@ -508,18 +508,4 @@ impl MarianTokenizer {
             out.to_string()
         }
     }
-}
-
-/// transformers' `clean_up_tokenization` (English contractions and punctuation).
-fn clean_up_tokenization(s: &str) -> String {
-    s.replace(" .", ".")
-        .replace(" ?", "?")
-        .replace(" !", "!")
-        .replace(" ,", ",")
-        .replace(" ' ", "'")
-        .replace(" n't", "n't")
-        .replace(" 'm", "'m")
-        .replace(" 's", "'s")
-        .replace(" 've", "'ve")
-        .replace(" 're", "'re")
 }

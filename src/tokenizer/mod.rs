@@ -34,6 +34,20 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     })
 }
 
+/// transformers' `clean_up_tokenization` (English contractions and punctuation).
+pub(crate) fn clean_up_tokenization(s: &str) -> String {
+    s.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+}
+
 /// Read and parse a SentencePiece model file (`.spm`, `spiece.model`).
 pub(crate) fn read_spm(path: &Path) -> Result<sentencepiece_model::SentencePieceModel> {
     let bytes = std::fs::read(path).map_err(|e| {

@@ -151,3 +151,13 @@ pub fn assert_lines_eq(what: &str, expected: &str, actual: &str) {
     }
     panic!("{report}");
 }
+
+/// Assert the binary exited 0, showing its stderr otherwise.
+pub fn assert_success(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::harness::{fixture_model, repo, transum, transum_env, TempDir};
+use crate::harness::{assert_success, fixture_model, repo, transum, transum_env, TempDir};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -126,12 +126,7 @@ fn download_then_offline_run_without_the_server() {
             None,
             &[("HF_ENDPOINT", &server.url)],
         );
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
     }
     let snapshot = dir
         .path()
@@ -168,12 +163,7 @@ fn download_then_offline_run_without_the_server() {
         ],
         None,
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let m: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("outputs/manifest.json")).unwrap(),
     )
@@ -232,20 +222,10 @@ fn download_then_offline_run_without_the_server() {
             None,
             &[("HF_ENDPOINT", &server.url)],
         );
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
     }
     let out = run_offline();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 
     // A model that was never downloaded: a clear error naming the file and the fix.
     let out = transum(

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::{fixture_model, transum, transum_env, TempDir};
+use crate::harness::{assert_success, fixture_model, transum, transum_env, TempDir};
 use crate::run::{assert_no_partial_files, copy_corpus, manifest, run_args};
 
 /// Every final output file (translations and summary) with its bytes, by name.
@@ -66,15 +66,6 @@ fn run_in(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Out
     transum_env(dir, &args, None, &all_env)
 }
 
-fn ok(out: &std::process::Output) {
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn fresh(tag: &str) -> TempDir {
     let dir = TempDir::new(tag);
     copy_corpus(&dir.path().join("corpus"));
@@ -84,12 +75,12 @@ fn fresh(tag: &str) -> TempDir {
 #[test]
 fn reruns_are_incremental_and_force_redoes_everything() {
     let dir = fresh("incremental");
-    ok(&run_in(dir.path(), &[], &[]));
+    assert_success(&run_in(dir.path(), &[], &[]));
     assert!(statuses(dir.path()).iter().all(|s| s == "ok"));
     assert_eq!(manifest(dir.path())["complete"], true);
     let first = outputs(dir.path());
 
-    ok(&run_in(dir.path(), &[], &[]));
+    assert_success(&run_in(dir.path(), &[], &[]));
     assert!(statuses(dir.path()).iter().all(|s| s == "cached"));
     assert_eq!(manifest(dir.path())["summary"]["status"], "cached");
     assert_eq!(outputs(dir.path()), first);
@@ -99,7 +90,7 @@ fn reruns_are_incremental_and_force_redoes_everything() {
     let mut text = std::fs::read_to_string(&changed).unwrap();
     text.push_str("\nLe Kremlin n'a pas commenté.\n");
     std::fs::write(&changed, text).unwrap();
-    ok(&run_in(dir.path(), &[], &[]));
+    assert_success(&run_in(dir.path(), &[], &[]));
     let s = statuses(dir.path());
     assert_eq!(s[1], "ok", "{s:?}");
     assert!(
@@ -110,20 +101,20 @@ fn reruns_are_incremental_and_force_redoes_everything() {
 
     // A damaged output is not trusted: that article is redone.
     std::fs::write(dir.path().join("outputs/000_9b90b2f7d3885cef.en.txt"), "x").unwrap();
-    ok(&run_in(dir.path(), &[], &[]));
+    assert_success(&run_in(dir.path(), &[], &[]));
     assert_eq!(statuses(dir.path())[0], "ok");
 
     // Other settings, other translations.
     let model = fixture_model("marian-a");
     let mut args = run_args(model.to_str().unwrap());
     args[6] = "6"; // --max-new-tokens
-    ok(&transum(dir.path(), &args, None));
+    assert_success(&transum(dir.path(), &args, None));
     assert!(statuses(dir.path()).iter().all(|s| s == "ok"));
 
-    ok(&transum(dir.path(), &args, None));
+    assert_success(&transum(dir.path(), &args, None));
     assert!(statuses(dir.path()).iter().all(|s| s == "cached"));
     args.push("--force");
-    ok(&transum(dir.path(), &args, None));
+    assert_success(&transum(dir.path(), &args, None));
     assert!(statuses(dir.path()).iter().all(|s| s == "ok"));
     assert_eq!(manifest(dir.path())["summary"]["status"], "ok");
 }
@@ -131,7 +122,7 @@ fn reruns_are_incremental_and_force_redoes_everything() {
 #[test]
 fn killed_runs_resume_to_identical_outputs() {
     let reference = fresh("reference");
-    ok(&run_in(reference.path(), &[], &[]));
+    assert_success(&run_in(reference.path(), &[], &[]));
     let want = outputs(reference.path());
     let want_manifest = manifest_without_timings(reference.path());
 
@@ -159,7 +150,7 @@ fn killed_runs_resume_to_identical_outputs() {
         }
         // The rerun finishes the work without redoing what was recorded.
         let out = run_in(dir.path(), &[], &[]);
-        ok(&out);
+        assert_success(&out);
         let s = statuses(dir.path());
         assert_eq!(
             s.iter().filter(|s| *s == "cached").count(),
@@ -184,7 +175,7 @@ fn killed_runs_resume_to_identical_outputs() {
 #[test]
 fn a_run_killed_by_sigkill_resumes() {
     let reference = fresh("sigkill-ref");
-    ok(&run_in(reference.path(), &[], &[]));
+    assert_success(&run_in(reference.path(), &[], &[]));
     let dir = fresh("sigkill");
     let model = fixture_model("marian-a");
     let mut args = run_args(model.to_str().unwrap());
@@ -210,8 +201,8 @@ fn a_run_killed_by_sigkill_resumes() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    ok(&transum(dir.path(), &args, None));
-    ok(&transum(reference.path(), &args, None));
+    assert_success(&transum(dir.path(), &args, None));
+    assert_success(&transum(reference.path(), &args, None));
     assert_eq!(outputs(dir.path()), outputs(reference.path()));
     assert_no_partial_files(dir.path());
 }
@@ -257,7 +248,7 @@ fn two_runs_never_share_an_outputs_directory() {
 
     // A lock file left by a dead process (here: a pid that does not run) is no obstacle.
     std::fs::write(dir.path().join("outputs/.transum.lock"), "999999999\n").unwrap();
-    ok(&run_in(dir.path(), &[], &[]));
+    assert_success(&run_in(dir.path(), &[], &[]));
 }
 
 #[test]
@@ -267,8 +258,8 @@ fn two_runs_give_byte_identical_outputs() {
     let model = fixture_model("marian-a");
     let mut args = run_args(model.to_str().unwrap());
     args[4] = "3"; // beam search
-    ok(&transum(a.path(), &args, None));
-    ok(&transum(b.path(), &args, None));
+    assert_success(&transum(a.path(), &args, None));
+    assert_success(&transum(b.path(), &args, None));
     assert_eq!(outputs(a.path()), outputs(b.path()));
     assert_eq!(
         manifest_without_timings(a.path()),

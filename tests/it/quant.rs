@@ -12,7 +12,7 @@ use transum::models::Seq2Seq;
 use transum::weights::Weights;
 use transum::Translator;
 
-use crate::harness::{fixture_model, golden, repo, transum, TempDir};
+use crate::harness::{assert_success, fixture_model, golden, repo, transum, TempDir};
 
 /// Accuracy of `q` against `f` over `inputs`: (relative L2 error of all
 /// logits, top-1 agreement at steps where f's top-2 margin exceeds 0.5,
@@ -289,12 +289,7 @@ fn quantize_command_writes_a_loadable_directory() {
         ],
         None,
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for f in [
         "model.gguf",
         "config.json",
@@ -319,12 +314,7 @@ fn quantize_command_writes_a_loadable_directory() {
         ],
         Some("Bonjour le monde.\n"),
     );
-    assert_eq!(
-        tr.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&tr.stderr)
-    );
+    assert_success(&tr);
     let at_load = transum(
         dir.path(),
         &[

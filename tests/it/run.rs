@@ -5,7 +5,7 @@ use std::path::Path;
 use serde_json::Value;
 use transum::text::ingest;
 
-use crate::harness::{fixture_model, repo, transum, TempDir};
+use crate::harness::{assert_success, fixture_model, repo, transum, TempDir};
 
 pub(crate) fn corpus_dir() -> std::path::PathBuf {
     repo().join("corpus")
@@ -124,12 +124,7 @@ fn run_translates_the_corpus_with_a_manifest() {
     args.truncate(args.len() - 2);
     args.extend(["--summary-model", bart.to_str().unwrap()]);
     let out = transum(dir.path(), &args, None);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let m = manifest(dir.path());
     let articles = m["articles"].as_array().unwrap();
     assert_eq!(articles.len(), 5);
@@ -318,12 +313,7 @@ fn an_empty_corpus_is_a_quiet_night() {
     std::fs::create_dir_all(dir.path().join("corpus")).unwrap();
     let model = fixture_model("marian-a");
     let out = transum(dir.path(), &run_args(model.to_str().unwrap()), None);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to do"));
     let m = manifest(dir.path());
     assert!(m["articles"].as_array().unwrap().is_empty());
@@ -346,12 +336,7 @@ fn real_models_translate_and_summarize_the_corpus() {
         None,
         &[],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let m = manifest(dir.path());
     assert!(m["articles"]
         .as_array()

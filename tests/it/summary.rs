@@ -13,7 +13,7 @@ use serde_json::Value;
 use transum::summary::similarity::{SimilarityIndex, SAME_FACT};
 use transum::summary::{abstractive, extractive, Article, Corpus, Summary};
 
-use crate::harness::{fixture_model, repo, transum, TempDir};
+use crate::harness::{assert_success, fixture_model, repo, transum, TempDir};
 
 /// The test articles' paths, sorted.
 fn article_paths() -> Vec<PathBuf> {
@@ -307,12 +307,7 @@ fn summarize_command_prints_markdown_or_writes_both_files() {
     ];
     args.extend(files.iter().map(String::as_str));
     let out = transum(dir.path(), &args, None);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let md = String::from_utf8(out.stdout).unwrap();
     assert!(md.starts_with("# Summary"), "{md}");
     assert!(
@@ -322,12 +317,7 @@ fn summarize_command_prints_markdown_or_writes_both_files() {
 
     args.extend(["-o", "digest"]);
     let out = transum(dir.path(), &args, None);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(
         std::fs::read_to_string(dir.path().join("digest/summary.md")).unwrap(),
         md
@@ -364,12 +354,7 @@ fn abstractive_summaries_cite_sources_for_every_kept_sentence() {
     );
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = transum(dir.path(), &refs, None);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let json: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
     )
@@ -382,12 +367,7 @@ fn abstractive_summaries_cite_sources_for_every_kept_sentence() {
     q[4] = "out-q8";
     q.extend(["--summary-quantize", "q8_0"]);
     let out = transum(dir.path(), &q, None);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(dir.path().join("out-q8/summary.json").is_file());
     for s in json["sentences"].as_array().unwrap() {
         assert!(!s["sources"].as_array().unwrap().is_empty(), "{s}");
