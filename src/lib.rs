@@ -15,6 +15,7 @@ pub mod generation;
 pub mod hub;
 pub mod kernels;
 pub mod lock;
+pub mod matmul;
 pub mod models;
 pub mod pipeline;
 pub mod quantize;

@@ -100,6 +100,9 @@ impl Translator {
         )?;
         let mut model = BartModel::load(config, &weights)?;
         let mut quantization = weights.quantization();
+        // The loader holds every tensor it read; the model holds what it uses.
+        // Let the rest go before quantizing or packing makes second copies.
+        drop(weights);
         if let Some(q) = placement.quantize {
             if quantization.is_some() {
                 tracing::warn!(
@@ -119,6 +122,9 @@ impl Translator {
                 );
             }
             quantization = Some(q);
+        }
+        if placement.device.is_cpu() && placement.dtype == candle_core::DType::F32 {
+            model = model.pack()?;
         }
         tracing::info!(
             "loaded {} on {} in {:.2}s",

@@ -22,6 +22,7 @@ use super::layers::{
 };
 use super::Seq2Seq;
 use crate::error::{Error, Result};
+use crate::matmul::PackedMatrix;
 use crate::weights::Weights;
 
 fn default_true() -> bool {
@@ -179,8 +180,8 @@ pub struct BartModel {
     arch: Arch,
     encoder_norms: StackNorms,
     decoder_norms: StackNorms,
-    encoder_embed: Tensor,
-    decoder_embed: Tensor,
+    encoder_embed: Table,
+    decoder_embed: Table,
     encoder_positions: Tensor,
     decoder_positions: Tensor,
     embed_scale: f64,
@@ -237,12 +238,46 @@ fn transpose_add(src: &[f32], rows: usize, cols: usize, bias: &[f32]) -> Vec<f32
     dst
 }
 
-fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let (b, t) = ids.dims2()?;
-    let flat = ids.flatten_all()?;
-    Ok(table
-        .index_select(&flat, 0)?
-        .reshape((b, t, table.dim(1)?))?)
+/// A token embedding table.
+#[derive(Clone)]
+enum Table {
+    Dense(Tensor),
+    /// Tied to the LM head after packing it: rows are read from the packed
+    /// matrix, so the 122 MB table is not held twice.
+    Packed(PackedMatrix),
+}
+
+impl Table {
+    /// Embeddings [b, t, d] of `ids` [b, t].
+    fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        match self {
+            Table::Dense(table) => Ok(table
+                .index_select(&flat, 0)?
+                .reshape((b, t, table.dim(1)?))?),
+            Table::Packed(p) => {
+                let d = p.in_dim();
+                let ids = flat.to_vec1::<u32>()?;
+                let mut out = vec![0f32; ids.len() * d];
+                for (&id, row) in ids.iter().zip(out.chunks_mut(d)) {
+                    if id as usize >= p.out_dim() {
+                        return Err(Error::input(
+                            format!("token id {id} is outside the {}-row embedding", p.out_dim()),
+                            "the tokenizer and the model come from different checkpoints",
+                        ));
+                    }
+                    p.row_into(id as usize, row);
+                }
+                Ok(Tensor::from_vec(out, (b, t, d), flat.device())?)
+            }
+        }
+    }
+
+    /// Whether this is the dense table `t` (the same tensor, not a copy).
+    fn is(&self, t: &Tensor) -> bool {
+        matches!(self, Table::Dense(d) if d.id() == t.id())
+    }
 }
 
 impl BartModel {
@@ -381,8 +416,8 @@ impl BartModel {
             dtype: w.dtype(),
             device: w.device().clone(),
             config,
-            encoder_embed,
-            decoder_embed,
+            encoder_embed: Table::Dense(encoder_embed),
+            decoder_embed: Table::Dense(decoder_embed),
             encoder_positions,
             decoder_positions,
             encoder_layers,
@@ -445,6 +480,40 @@ impl BartModel {
         Ok((m, done, kept))
     }
 
+    /// The same model with every float projection packed for the CPU kernel
+    /// (`crate::matmul`): only for f32 weights on the CPU, where it is faster
+    /// than candle's gemm; other weights are left as they are.
+    pub fn pack(self) -> Result<Self> {
+        let mut m = self;
+        for l in &mut m.encoder_layers {
+            l.self_attn = l.self_attn.pack()?;
+            l.fc1 = l.fc1.pack()?;
+            l.fc2 = l.fc2.pack()?;
+        }
+        for l in &mut m.decoder_layers {
+            l.self_attn = l.self_attn.pack()?;
+            l.encoder_attn = l.encoder_attn.pack()?;
+            l.fc1 = l.fc1.pack()?;
+            l.fc2 = l.fc2.pack()?;
+        }
+        let tied = match &m.lm_head.dense_tensor() {
+            Some(w) => (m.encoder_embed.is(w), m.decoder_embed.is(w)),
+            None => (false, false),
+        };
+        m.lm_head = m.lm_head.pack()?;
+        // Tables tied to the LM head read its packed rows instead of keeping
+        // their own copy (opus-mt: 122 MB less).
+        if let Some(p) = m.lm_head.packed() {
+            if tied.0 {
+                m.encoder_embed = Table::Packed(p.clone());
+            }
+            if tied.1 {
+                m.decoder_embed = Table::Packed(p.clone());
+            }
+        }
+        Ok(m)
+    }
+
     /// Whether any projection is quantized.
     pub fn is_quantized(&self) -> bool {
         self.lm_head.is_quantized() || self.decoder_layers.iter().any(|l| l.fc1.is_quantized())
@@ -457,7 +526,7 @@ impl BartModel {
 
     fn embed(
         &self,
-        table: &Tensor,
+        table: &Table,
         positions: &Tensor,
         ids: &Tensor,
         past: usize,
@@ -473,7 +542,7 @@ impl BartModel {
                 "split the input into shorter segments (e.g. --segment sentences)",
             ));
         }
-        let x = (embedding(table, ids)? * self.embed_scale)?;
+        let x = (table.lookup(ids)? * self.embed_scale)?;
         let pos = positions.narrow(0, past + self.arch.position_offset, t)?;
         Ok(x.broadcast_add(&pos)?)
     }
@@ -581,6 +650,10 @@ impl Seq2Seq for BartModel {
     fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Vec<f32>> {
         let ids = Tensor::from_slice(tokens, (tokens.len(), 1), &self.device)?;
         let h = self.decode(state, &ids)?;
+        if self.lm_head.is_packed() {
+            // [rows, vocab] with final_logits_bias, straight from the kernel.
+            return self.lm_head.forward_host(&last_position(&h)?);
+        }
         if self.lm_head.is_quantized() {
             // Quantized matmul gives [rows, vocab] directly; add the bias per row.
             let y = to_f32(&self.lm_head.forward_no_bias(&last_position(&h)?)?)?;

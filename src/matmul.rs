@@ -1,0 +1,366 @@
+//! Packed f32 matrix multiply for the CPU: `y = x Wᵀ + b` with `W` stored once,
+//! at load, in the panel layout the multiply streams through.
+//!
+//! Why our own and not candle's gemm: decoding multiplies a few rows (16 to 64)
+//! by every weight matrix at every step. gemm repacks the whole weight matrix on
+//! each call (122 MB for opus-mt's LM head), so a step costs three passes over
+//! memory instead of one, and its result for `W·xᵀ` still has to be transposed.
+//! Packing once makes the weight a sequential stream: panels of [`NR`] output
+//! features, each laid out k-major ([k][NR]), so the micro-kernel reads 64
+//! contiguous bytes per k and keeps a [`MR`] x [`NR`] tile of outputs in
+//! registers (BLIS's scheme, with the weight as the packed "B" panel kept in L1
+//! and the rows as the "A" block kept in L2). Threads split the panels (rayon's
+//! pool, the one `--threads` sizes), so nothing is shared while writing.
+//!
+//! Each output is one float32 dot product summed in k order (fused multiply-add
+//! on AVX2), then the bias is added, as torch's `addmm` rounds: the result is
+//! within float32 rounding of candle's and torch's, not bit-identical to them.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+/// Output features per packed panel (two AVX registers).
+pub const NR: usize = 16;
+/// Rows per register tile: 6 x 2 accumulators + 2 weights + 1 broadcast = 15 of
+/// the 16 AVX registers.
+const MR: usize = 6;
+/// k per block: a panel block (KC x NR floats, 16 KiB) stays in L1 while every
+/// row tile passes over it.
+const KC: usize = 256;
+/// Rows per block: the packed rows of one k block (MC x KC floats, 96 KiB) stay in L2.
+const MC: usize = 96;
+
+/// A weight matrix [out, k] packed as panels of [`NR`] output features.
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    /// [panels][k][NR], zero-padded past the last feature.
+    data: Arc<Vec<f32>>,
+    /// First panel of this view (a view of whole panels of a larger matrix).
+    first_panel: usize,
+    out: usize,
+    k: usize,
+}
+
+impl PackedMatrix {
+    /// Pack a row-major [out, k] matrix.
+    pub fn pack(w: &[f32], out: usize, k: usize) -> Self {
+        assert_eq!(w.len(), out * k, "weight is [out, k]");
+        let panels = out.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        data.par_chunks_mut(k * NR)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for j in 0..NR.min(out - p * NR) {
+                    let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
+                    for (kk, &v) in row.iter().enumerate() {
+                        panel[kk * NR + j] = v;
+                    }
+                }
+            });
+        PackedMatrix {
+            data: Arc::new(data),
+            first_panel: 0,
+            out,
+            k,
+        }
+    }
+
+    /// Output features.
+    pub fn out_dim(&self) -> usize {
+        self.out
+    }
+
+    /// Input features.
+    pub fn in_dim(&self) -> usize {
+        self.k
+    }
+
+    /// Output features `start..start+len` as a matrix of their own, sharing the
+    /// data; None unless `start` falls on a panel boundary.
+    pub fn rows(&self, start: usize, len: usize) -> Option<Self> {
+        if !start.is_multiple_of(NR) || start + len > self.out {
+            return None;
+        }
+        Some(PackedMatrix {
+            data: self.data.clone(),
+            first_panel: self.first_panel + start / NR,
+            out: len,
+            k: self.k,
+        })
+    }
+
+    /// The panel of output features `p*NR..`, [k][NR].
+    fn panel(&self, p: usize) -> &[f32] {
+        let n = self.k * NR;
+        &self.data[(self.first_panel + p) * n..(self.first_panel + p + 1) * n]
+    }
+
+    /// Weight row `i` (output feature i), e.g. a token's embedding when the
+    /// matrix is a tied LM head.
+    pub fn row_into(&self, i: usize, dst: &mut [f32]) {
+        let panel = self.panel(i / NR);
+        for (kk, d) in dst.iter_mut().enumerate() {
+            *d = panel[kk * NR + i % NR];
+        }
+    }
+
+    /// The matrix back in row-major [out, k] order.
+    pub fn unpack(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.out * self.k];
+        for (i, row) in w.chunks_mut(self.k).enumerate() {
+            self.row_into(i, row);
+        }
+        w
+    }
+
+    /// `out = x Wᵀ (+ bias)` for row-major `x` [rows, k]; `out` is [rows, out].
+    pub fn matmul(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+        assert_eq!(out.len(), rows * self.out, "out is [rows, out]");
+        // SAFETY: `out` holds rows * self.out floats.
+        unsafe { self.matmul_raw(x, rows, bias, SendPtr(out.as_mut_ptr())) }
+    }
+
+    /// [`Self::matmul`] into a fresh vector, written once without zeroing it
+    /// first (the LM head's output is 15 MB per step at 64 rows).
+    pub fn matmul_vec(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        let len = rows * self.out;
+        let mut out = Vec::<f32>::with_capacity(len);
+        // SAFETY: matmul_raw writes every one of the `len` elements exactly once
+        // (every row, every column below `self.out`), so all are initialized.
+        unsafe {
+            self.matmul_raw(x, rows, bias, SendPtr(out.as_mut_ptr()));
+            out.set_len(len);
+        }
+        out
+    }
+
+    /// # Safety
+    /// `out` points to `rows * self.out` writable floats.
+    unsafe fn matmul_raw(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, out: SendPtr) {
+        let (n, k) = (self.out, self.k);
+        assert_eq!(x.len(), rows * k, "x is [rows, k]");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), n, "bias is [out]");
+        }
+        if rows == 0 || n == 0 {
+            return;
+        }
+        let xp = pack_rows(x, rows, k);
+        let panels = n.div_ceil(NR);
+        // Enough tasks to balance two to a few dozen threads, few enough that
+        // each streams a long run of panels.
+        let tasks = (rayon::current_num_threads() * 4).clamp(1, panels);
+        let per_task = panels.div_ceil(tasks);
+        let work = |t: usize| {
+            let p0 = t * per_task;
+            let p1 = (p0 + per_task).min(panels);
+            for p in p0..p1 {
+                // SAFETY: panels are disjoint column ranges of `out`, and each
+                // task owns its own panels, so no two threads write one element.
+                unsafe { self.panel_product(&xp, rows, p, bias, out) };
+            }
+        };
+        if rows * n * k < 1 << 16 {
+            (0..tasks).for_each(work);
+        } else {
+            (0..tasks).into_par_iter().for_each(work);
+        }
+    }
+
+    /// Columns of panel `p` for every row.
+    ///
+    /// # Safety
+    /// `out` points to [rows, self.out] floats and no other thread writes panel `p`'s columns.
+    unsafe fn panel_product(
+        &self,
+        xp: &[f32],
+        rows: usize,
+        p: usize,
+        bias: Option<&[f32]>,
+        out: SendPtr,
+    ) {
+        let (n, k) = (self.out, self.k);
+        let panel = self.panel(p);
+        let c0 = p * NR;
+        let cols = NR.min(n - c0);
+        // The panel's outputs for one row block stay here (L1) across k blocks,
+        // so `out` (rows far apart in memory) is written once.
+        let mut acc = [[0f32; NR]; MC];
+        for r0 in (0..rows).step_by(MC) {
+            let r1 = (r0 + MC).min(rows);
+            let acc = &mut acc[..r1 - r0];
+            acc.fill([0.0; NR]);
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                let wblock = &panel[k0 * NR..(k0 + kc) * NR];
+                let xblock = &xp[k0 * rows..(k0 + kc) * rows];
+                for t0 in (r0..r1).step_by(MR) {
+                    let mr = MR.min(r1 - t0);
+                    tile(
+                        mr,
+                        kc,
+                        &xblock[t0 * kc..(t0 + mr) * kc],
+                        wblock,
+                        &mut acc[t0 - r0..t0 - r0 + mr],
+                    );
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let o = std::slice::from_raw_parts_mut(out.0.add((r0 + r) * n + c0), cols);
+                match bias {
+                    Some(b) => {
+                        for ((o, &a), &b) in o.iter_mut().zip(a).zip(&b[c0..c0 + cols]) {
+                            *o = a + b;
+                        }
+                    }
+                    None => o.copy_from_slice(&a[..cols]),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint regions of one buffer to rayon tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// `x` [rows, k] repacked per k block, then per row tile, k-major within a tile
+/// ([kc][mr]): the micro-kernel broadcasts consecutive floats.
+fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
+    let mut xp = vec![0f32; rows * k];
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let block = &mut xp[k0 * rows..(k0 + kc) * rows];
+        for t0 in (0..rows).step_by(MR) {
+            let mr = MR.min(rows - t0);
+            let tile = &mut block[t0 * kc..(t0 + mr) * kc];
+            for r in 0..mr {
+                let src = &x[(t0 + r) * k + k0..(t0 + r) * k + k0 + kc];
+                for (kk, &v) in src.iter().enumerate() {
+                    tile[kk * mr + r] = v;
+                }
+            }
+        }
+    }
+    xp
+}
+
+/// `acc[r] += Σ_kk xt[kk][r] * w[kk][..]` for the `mr` rows of one tile.
+fn tile(mr: usize, kc: usize, xt: &[f32], w: &[f32], acc: &mut [[f32; NR]]) {
+    debug_assert!(xt.len() == kc * mr && w.len() == kc * NR && acc.len() == mr);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA; the slices hold kc*mr and kc*NR floats.
+        unsafe {
+            match mr {
+                6 => avx2::tile::<6>(kc, xt, w, acc),
+                5 => avx2::tile::<5>(kc, xt, w, acc),
+                4 => avx2::tile::<4>(kc, xt, w, acc),
+                3 => avx2::tile::<3>(kc, xt, w, acc),
+                2 => avx2::tile::<2>(kc, xt, w, acc),
+                _ => avx2::tile::<1>(kc, xt, w, acc),
+            }
+        }
+        return;
+    }
+    for kk in 0..kc {
+        let wk = &w[kk * NR..(kk + 1) * NR];
+        for (r, a) in acc.iter_mut().enumerate().take(mr) {
+            let xv = xt[kk * mr + r];
+            for (a, &wv) in a.iter_mut().zip(wk) {
+                *a += xv * wv;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// The register tile: R rows x 16 features in 2R accumulators.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile<const R: usize>(
+        kc: usize,
+        xt: &[f32],
+        w: &[f32],
+        acc: &mut [[f32; NR]],
+    ) {
+        let mut a = [[_mm256_setzero_ps(); 2]; R];
+        for r in 0..R {
+            a[r][0] = _mm256_loadu_ps(acc[r].as_ptr());
+            a[r][1] = _mm256_loadu_ps(acc[r].as_ptr().add(8));
+        }
+        let (xp, wp) = (xt.as_ptr(), w.as_ptr());
+        for kk in 0..kc {
+            let w0 = _mm256_loadu_ps(wp.add(kk * NR));
+            let w1 = _mm256_loadu_ps(wp.add(kk * NR + 8));
+            for (r, ar) in a.iter_mut().enumerate() {
+                let b = _mm256_broadcast_ss(&*xp.add(kk * R + r));
+                ar[0] = _mm256_fmadd_ps(b, w0, ar[0]);
+                ar[1] = _mm256_fmadd_ps(b, w1, ar[1]);
+            }
+        }
+        for r in 0..R {
+            _mm256_storeu_ps(acc[r].as_mut_ptr(), a[r][0]);
+            _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), a[r][1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], w: &[f32], b: Option<&[f32]>, rows: usize, n: usize, k: usize) -> Vec<f64> {
+        let mut y = vec![0f64; rows * n];
+        for r in 0..rows {
+            for j in 0..n {
+                let mut s = 0f64;
+                for kk in 0..k {
+                    s += x[r * k + kk] as f64 * w[j * k + kk] as f64;
+                }
+                y[r * n + j] = s + b.map_or(0.0, |b| b[j] as f64);
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn matches_f64_on_awkward_shapes() {
+        let mut seed = 1u64;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for &(rows, n, k) in &[(1, 1, 1), (7, 33, 300), (16, 512, 512), (100, 17, 513), (13, 64, 40)] {
+            let x: Vec<f32> = (0..rows * k).map(|_| rnd()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let p = PackedMatrix::pack(&w, n, k);
+            assert_eq!(p.unpack(), w);
+            let mut out = vec![f32::NAN; rows * n];
+            p.matmul(&x, rows, Some(&b), &mut out);
+            let want = reference(&x, &w, Some(&b), rows, n, k);
+            for (i, (&o, &e)) in out.iter().zip(&want).enumerate() {
+                assert!((o as f64 - e).abs() < 1e-5 * (k as f64).sqrt(), "{rows}x{n}x{k} at {i}: {o} vs {e}");
+            }
+            // A view on a panel boundary computes the same columns.
+            if n > NR {
+                let v = p.rows(NR, n - NR).unwrap();
+                let mut part = vec![0f32; rows * (n - NR)];
+                v.matmul(&x, rows, None, &mut part);
+                for r in 0..rows {
+                    for j in 0..n - NR {
+                        let e = want[r * n + NR + j] - b[NR + j] as f64;
+                        assert!((part[r * (n - NR) + j] as f64 - e).abs() < 1e-5 * (k as f64).sqrt());
+                    }
+                }
+            }
+        }
+    }
+}
