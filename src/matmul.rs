@@ -284,12 +284,7 @@ mod avx2 {
 
     /// The register tile: R rows x 16 features in 2R accumulators.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const R: usize>(
-        kc: usize,
-        xt: &[f32],
-        w: &[f32],
-        acc: &mut [[f32; NR]],
-    ) {
+    pub unsafe fn tile<const R: usize>(kc: usize, xt: &[f32], w: &[f32], acc: &mut [[f32; NR]]) {
         let mut a = [[_mm256_setzero_ps(); 2]; R];
         for r in 0..R {
             a[r][0] = _mm256_loadu_ps(acc[r].as_ptr());
@@ -316,7 +311,14 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    fn reference(x: &[f32], w: &[f32], b: Option<&[f32]>, rows: usize, n: usize, k: usize) -> Vec<f64> {
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        b: Option<&[f32]>,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Vec<f64> {
         let mut y = vec![0f64; rows * n];
         for r in 0..rows {
             for j in 0..n {
@@ -334,10 +336,18 @@ mod tests {
     fn matches_f64_on_awkward_shapes() {
         let mut seed = 1u64;
         let mut rnd = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
-        for &(rows, n, k) in &[(1, 1, 1), (7, 33, 300), (16, 512, 512), (100, 17, 513), (13, 64, 40)] {
+        for &(rows, n, k) in &[
+            (1, 1, 1),
+            (7, 33, 300),
+            (16, 512, 512),
+            (100, 17, 513),
+            (13, 64, 40),
+        ] {
             let x: Vec<f32> = (0..rows * k).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
@@ -347,7 +357,10 @@ mod tests {
             p.matmul(&x, rows, Some(&b), &mut out);
             let want = reference(&x, &w, Some(&b), rows, n, k);
             for (i, (&o, &e)) in out.iter().zip(&want).enumerate() {
-                assert!((o as f64 - e).abs() < 1e-5 * (k as f64).sqrt(), "{rows}x{n}x{k} at {i}: {o} vs {e}");
+                assert!(
+                    (o as f64 - e).abs() < 1e-5 * (k as f64).sqrt(),
+                    "{rows}x{n}x{k} at {i}: {o} vs {e}"
+                );
             }
             // A view on a panel boundary computes the same columns.
             if n > NR {
@@ -357,7 +370,9 @@ mod tests {
                 for r in 0..rows {
                     for j in 0..n - NR {
                         let e = want[r * n + NR + j] - b[NR + j] as f64;
-                        assert!((part[r * (n - NR) + j] as f64 - e).abs() < 1e-5 * (k as f64).sqrt());
+                        assert!(
+                            (part[r * (n - NR) + j] as f64 - e).abs() < 1e-5 * (k as f64).sqrt()
+                        );
                     }
                 }
             }

@@ -123,6 +123,32 @@ fn top_k(values: impl Iterator<Item = f32>, k: usize) -> Vec<(f32, usize)> {
     best
 }
 
+/// [`top_k`] over a slice, skipping 16-value chunks that cannot enter the
+/// list (almost all of a vocabulary-sized row): same result, a fraction of the
+/// comparisons.
+fn top_k_slice(values: &[f32], k: usize) -> Vec<(f32, usize)> {
+    const CHUNK: usize = 16;
+    let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+    for (c, chunk) in values.chunks(CHUNK).enumerate() {
+        if best.len() == k {
+            let m = chunk.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            if m.partial_cmp(&best[k - 1].0) != Some(std::cmp::Ordering::Greater) {
+                continue;
+            }
+        }
+        for (j, &v) in chunk.iter().enumerate() {
+            if best.len() == k && v.partial_cmp(&best[k - 1].0) != Some(std::cmp::Ordering::Greater)
+            {
+                continue;
+            }
+            let pos = best.partition_point(|&(b, _)| b >= v);
+            best.insert(pos, (v, c * CHUNK + j));
+            best.truncate(k);
+        }
+    }
+    best
+}
+
 fn beam<M: Seq2Seq>(
     model: &M,
     input_ids: &Tensor,
@@ -182,95 +208,122 @@ fn beam<M: Seq2Seq>(
                 },
             );
         }
-        for (pos, &i) in active.iter().enumerate() {
-            let item = &mut items[i];
-            let log_probs = &logits[pos * nb * vocab..(pos + 1) * nb * vocab];
-            let cands = top_k(log_probs.iter().copied(), n_cand + 1);
-            for w in cands.windows(2) {
-                if w[1].0 > NEG / 2.0 {
-                    item.min_margin = item.min_margin.min(w[0].0 - w[1].0);
+        // Items are independent: their bookkeeping (a scan of beams x vocab
+        // scores each) runs in parallel; rows are assembled in item order.
+        let mut refs: Vec<&mut BeamItem> = Vec::with_capacity(active.len());
+        {
+            let mut it = items.iter_mut().enumerate();
+            for &i in &active {
+                for (j, item) in it.by_ref() {
+                    if j == i {
+                        refs.push(item);
+                        break;
+                    }
                 }
             }
-            let cands: Vec<(f32, usize, u32, bool)> = cands
-                .into_iter()
-                .take(n_cand)
-                .map(|(s, flat)| {
-                    let token = (flat % vocab) as u32;
-                    let hit = hits_len || opts.eos_token_ids.contains(&token);
-                    (s, flat / vocab, token, hit)
-                })
-                .collect();
+        }
+        let logits = &logits;
+        let advanced: Vec<Option<Vec<u32>>> = refs
+            .par_iter_mut()
+            .enumerate()
+            .map(|(pos, item)| {
+                let item: &mut BeamItem = item;
+                let log_probs = &logits[pos * nb * vocab..(pos + 1) * nb * vocab];
+                let cands = top_k_slice(log_probs, n_cand + 1);
+                for w in cands.windows(2) {
+                    if w[1].0 > NEG / 2.0 {
+                        item.min_margin = item.min_margin.min(w[0].0 - w[1].0);
+                    }
+                }
+                let cands: Vec<(f32, usize, u32, bool)> = cands
+                    .into_iter()
+                    .take(n_cand)
+                    .map(|(s, flat)| {
+                        let token = (flat % vocab) as u32;
+                        let hit = hits_len || opts.eos_token_ids.contains(&token);
+                        (s, flat / vocab, token, hit)
+                    })
+                    .collect();
 
-            // Next running beams: the best candidates that did not just finish.
-            let adjusted: Vec<f32> = cands
-                .iter()
-                .map(|&(s, _, _, hit)| if hit { s + NEG } else { s })
-                .collect();
-            let chosen = top_k(adjusted.iter().copied(), nb);
-            let new_running: Vec<(Vec<u32>, f32)> = chosen
-                .iter()
-                .map(|&(s, c)| {
-                    let (_, src, token, _) = cands[c];
+                // Next running beams: the best candidates that did not just finish.
+                let adjusted: Vec<f32> = cands
+                    .iter()
+                    .map(|&(s, _, _, hit)| if hit { s + NEG } else { s })
+                    .collect();
+                let chosen = top_k(adjusted.iter().copied(), nb);
+                let new_running: Vec<(Vec<u32>, f32)> = chosen
+                    .iter()
+                    .map(|&(s, c)| {
+                        let (_, src, token, _) = cands[c];
+                        let mut h = item.running[src].0.clone();
+                        h.push(token);
+                        (h, s)
+                    })
+                    .collect();
+
+                // Finished slots: merge the old ones with the candidates that just finished.
+                let denom = ((cur_len + 1 - 1) as f64).powf(lp) as f32;
+                let all_finished = item.finished.iter().all(|f| f.2);
+                let mut merged: Vec<(Vec<u32>, f32, bool)> = item.finished.drain(..).collect();
+                for (c, &(s, src, token, hit)) in cands.iter().enumerate() {
+                    let did_finish = hit && c < nb;
+                    let mut score = s / denom;
+                    if all_finished && opts.early_stopping == EarlyStopping::Always {
+                        score += NEG;
+                    }
+                    if !item.improvable {
+                        score += NEG;
+                    }
+                    if !did_finish {
+                        score += NEG;
+                    }
                     let mut h = item.running[src].0.clone();
                     h.push(token);
-                    (h, s)
+                    merged.push((h, score, did_finish));
+                }
+                let keep = top_k(merged.iter().map(|m| m.1), nb);
+                let mut slots: Vec<Option<(Vec<u32>, f32, bool)>> =
+                    merged.into_iter().map(Some).collect();
+                item.finished = keep
+                    .iter()
+                    .map(|&(_, k)| slots[k].take().unwrap())
+                    .collect();
+                item.running = new_running;
+
+                // transformers' _check_early_stop_heuristic, at the new length.
+                let new_len = cur_len + 1;
+                let best_len = if opts.early_stopping == EarlyStopping::Never && lp > 0.0 {
+                    opts.max_length - 1
+                } else {
+                    new_len - 1
+                };
+                let best_possible = item.running[0].1 / (best_len as f64).powf(lp) as f32;
+                let worst = item
+                    .finished
+                    .iter()
+                    .map(|f| f.1)
+                    .fold(f32::INFINITY, f32::min);
+                item.improvable &= item
+                    .finished
+                    .iter()
+                    .any(|f| best_possible > if f.2 { worst } else { NEG });
+
+                let all_hit = cands.iter().all(|c| c.3);
+                let full = opts.early_stopping == EarlyStopping::Always
+                    && item.finished.iter().all(|f| f.2);
+                item.done = !item.improvable || full || all_hit || hits_len;
+                (!item.done).then(|| {
+                    chosen
+                        .iter()
+                        .map(|&(_, c)| (pos * nb + cands[c].1) as u32)
+                        .collect::<Vec<u32>>()
                 })
-                .collect();
-
-            // Finished slots: merge the old ones with the candidates that just finished.
-            let denom = ((cur_len + 1 - 1) as f64).powf(lp) as f32;
-            let all_finished = item.finished.iter().all(|f| f.2);
-            let mut merged: Vec<(Vec<u32>, f32, bool)> = item.finished.drain(..).collect();
-            for (c, &(s, src, token, hit)) in cands.iter().enumerate() {
-                let did_finish = hit && c < nb;
-                let mut score = s / denom;
-                if all_finished && opts.early_stopping == EarlyStopping::Always {
-                    score += NEG;
-                }
-                if !item.improvable {
-                    score += NEG;
-                }
-                if !did_finish {
-                    score += NEG;
-                }
-                let mut h = item.running[src].0.clone();
-                h.push(token);
-                merged.push((h, score, did_finish));
-            }
-            let keep = top_k(merged.iter().map(|m| m.1), nb);
-            let mut slots: Vec<Option<(Vec<u32>, f32, bool)>> =
-                merged.into_iter().map(Some).collect();
-            item.finished = keep
-                .iter()
-                .map(|&(_, k)| slots[k].take().unwrap())
-                .collect();
-            item.running = new_running;
-
-            // transformers' _check_early_stop_heuristic, at the new length.
-            let new_len = cur_len + 1;
-            let best_len = if opts.early_stopping == EarlyStopping::Never && lp > 0.0 {
-                opts.max_length - 1
-            } else {
-                new_len - 1
-            };
-            let best_possible = item.running[0].1 / (best_len as f64).powf(lp) as f32;
-            let worst = item
-                .finished
-                .iter()
-                .map(|f| f.1)
-                .fold(f32::INFINITY, f32::min);
-            item.improvable &= item
-                .finished
-                .iter()
-                .any(|f| best_possible > if f.2 { worst } else { NEG });
-
-            let all_hit = cands.iter().all(|c| c.3);
-            let full =
-                opts.early_stopping == EarlyStopping::Always && item.finished.iter().all(|f| f.2);
-            item.done = !item.improvable || full || all_hit || hits_len;
-            if !item.done {
+            })
+            .collect();
+        for (&i, rows) in active.iter().zip(advanced) {
+            if let Some(rows) = rows {
                 next_active.push(i);
-                next_rows.extend(chosen.iter().map(|&(_, c)| (pos * nb + cands[c].1) as u32));
+                next_rows.extend(rows);
             }
         }
         cur_len += 1;

@@ -253,9 +253,11 @@ impl Table {
         let (b, t) = ids.dims2()?;
         let flat = ids.flatten_all()?;
         match self {
-            Table::Dense(table) => Ok(table
-                .index_select(&flat, 0)?
-                .reshape((b, t, table.dim(1)?))?),
+            Table::Dense(table) => {
+                Ok(table
+                    .index_select(&flat, 0)?
+                    .reshape((b, t, table.dim(1)?))?)
+            }
             Table::Packed(p) => {
                 let d = p.in_dim();
                 let ids = flat.to_vec1::<u32>()?;

@@ -23,19 +23,36 @@ fn append_rows(old: &Tensor, reorder: Option<&[u32]>, new: &Tensor) -> Result<Te
     // The new rows: after a reorder the cache may have more (or fewer) old rows.
     let (rows, _, t, _) = new.dims4()?;
     if let (Some(o), Some(n)) = (CpuView::new(old), CpuView::new(new)) {
+        use rayon::prelude::*;
         let (od, nd) = (o.slice(), n.slice());
         let total = len + t;
-        let mut out = vec![0f32; rows * h * total * hd];
-        for (r, dst) in out.chunks_mut(h * total * hd).enumerate() {
-            let src_row = reorder.map_or(r, |idx| idx[r] as usize);
-            for head in 0..h {
-                let d = &mut dst[head * total * hd..(head + 1) * total * hd];
-                let o0 = (src_row * h + head) * len * hd;
-                d[..len * hd].copy_from_slice(&od[o0..o0 + len * hd]);
-                let n0 = (r * h + head) * t * hd;
-                d[len * hd..].copy_from_slice(&nd[n0..n0 + t * hd]);
-            }
-        }
+        let row_len = h * total * hd;
+        // Rows in parallel, written once: no zeroing of a buffer that is
+        // overwritten whole (the caches are tens of MB per step in beam search).
+        let mut out = Vec::<f32>::with_capacity(rows * row_len);
+        out.spare_capacity_mut()
+            .par_chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(r, dst)| {
+                let src_row = reorder.map_or(r, |idx| idx[r] as usize);
+                for head in 0..h {
+                    let d = &mut dst[head * total * hd..(head + 1) * total * hd];
+                    let o0 = (src_row * h + head) * len * hd;
+                    let n0 = (r * h + head) * t * hd;
+                    // SAFETY: d holds (len + t) * hd slots; both sources are in bounds.
+                    unsafe {
+                        let p = d.as_mut_ptr() as *mut f32;
+                        std::ptr::copy_nonoverlapping(od[o0..o0 + len * hd].as_ptr(), p, len * hd);
+                        std::ptr::copy_nonoverlapping(
+                            nd[n0..n0 + t * hd].as_ptr(),
+                            p.add(len * hd),
+                            t * hd,
+                        );
+                    }
+                }
+            });
+        // SAFETY: every row chunk was written whole above.
+        unsafe { out.set_len(rows * row_len) };
         return Ok(Tensor::from_vec(out, (rows, h, total, hd), old.device())?);
     }
     let old = match reorder {
@@ -123,7 +140,11 @@ impl Linear {
     /// competing with rayon). Other weights are returned unchanged.
     pub fn pack(&self) -> Result<Self> {
         let w = match &self.weight {
-            QMatMul::Tensor(w) if self.packed.is_none() && w.device().is_cpu() && w.dtype() == DType::F32 => w,
+            QMatMul::Tensor(w)
+                if self.packed.is_none() && w.device().is_cpu() && w.dtype() == DType::F32 =>
+            {
+                w
+            }
             _ => return Ok(self.clone()),
         };
         let (out, k) = w.dims2()?;
@@ -133,7 +154,9 @@ impl Linear {
             None => PackedMatrix::pack(&w.flatten_all()?.to_vec1::<f32>()?, out, k),
         };
         let bias = match &self.bias {
-            Some(b) => Some(std::sync::Arc::new(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
+            Some(b) => Some(std::sync::Arc::new(
+                b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            )),
             None => None,
         };
         Ok(Linear {
@@ -166,7 +189,11 @@ impl Linear {
         let Some(v) = CpuView::new(&x) else {
             return Ok(None);
         };
-        let bias = if with_bias { bias.as_deref().map(|b| b.as_slice()) } else { None };
+        let bias = if with_bias {
+            bias.as_deref().map(|b| b.as_slice())
+        } else {
+            None
+        };
         Ok(Some(p.matmul_vec(v.slice(), rows, bias)))
     }
 
@@ -186,7 +213,10 @@ impl Linear {
             .iter()
             .map(|p| {
                 p.dense_weight()?.ok_or_else(|| {
-                    Error::setting("cannot fuse quantized projections", "load in full precision")
+                    Error::setting(
+                        "cannot fuse quantized projections",
+                        "load in full precision",
+                    )
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -220,7 +250,11 @@ impl Linear {
                 },
                 // Not on a panel boundary: a packed copy of its own.
                 None => Linear {
-                    weight: QMatMul::Tensor(self.dense_weight()?.expect("packed is f32").narrow(0, start, len)?),
+                    weight: QMatMul::Tensor(
+                        self.dense_weight()?
+                            .expect("packed is f32")
+                            .narrow(0, start, len)?,
+                    ),
                     bias,
                     packed: None,
                 }
@@ -246,7 +280,9 @@ impl Linear {
     pub fn forward_transposed_no_bias(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(y) = self.packed_forward(x, false)? {
             let (rows, out) = (x.dim(0)?, y.len() / x.dim(0)?.max(1));
-            return Ok(Tensor::from_vec(y, (rows, out), x.device())?.t()?.contiguous()?);
+            return Ok(Tensor::from_vec(y, (rows, out), x.device())?
+                .t()?
+                .contiguous()?);
         }
         Ok(match &self.weight {
             QMatMul::Tensor(w) if x.device().is_cpu() => w.matmul(&x.t()?)?,
@@ -406,9 +442,12 @@ impl Activation {
             // candle's silu calls scalar expf per element; the vectorized kernel is
             // several times faster on the decoder's FFN (rows x 2048 per layer).
             if let Some(v) = CpuView::new(x) {
+                use rayon::prelude::*;
                 let src = v.slice();
                 let mut out = vec![0f32; src.len()];
-                crate::kernels::silu(src, &mut out);
+                out.par_chunks_mut(16 * 1024)
+                    .zip(src.par_chunks(16 * 1024))
+                    .for_each(|(o, s)| crate::kernels::silu(s, o));
                 return Ok(Tensor::from_vec(out, x.dims(), x.device())?);
             }
         }
