@@ -67,10 +67,16 @@ fn greedy<M: Seq2Seq>(
         let mut logits = model.step(&mut state, &last)?;
         let mut keep = Vec::with_capacity(active.len());
         cur_len += 1;
-        for (row, &i) in active.iter().enumerate() {
-            let scores = &mut logits[row * vocab..(row + 1) * vocab];
-            processor.apply(&histories[i], scores);
-            let (token, margin) = argmax_with_margin(scores);
+        // Rows are independent: process and pick in parallel, record in order.
+        let picked: Vec<(u32, f32)> = logits
+            .par_chunks_mut(vocab)
+            .zip(active.par_iter())
+            .map(|(scores, &i)| {
+                processor.apply(&histories[i], scores);
+                argmax_with_margin(scores)
+            })
+            .collect();
+        for (row, (&i, (token, margin))) in active.iter().zip(picked).enumerate() {
             histories[i].push(token);
             margins[i] = margins[i].min(margin);
             let done = opts.eos_token_ids.contains(&token) || cur_len >= opts.max_length;
