@@ -203,6 +203,9 @@ impl PackedMatrix {
                         &xblock[t0 * kc..(t0 + mr) * kc],
                         wblock,
                         &mut acc[t0 - r0..t0 - r0 + mr],
+                        // The weight stream's next block (panels are contiguous):
+                        // fetched while this one is multiplied.
+                        wblock.as_ptr().wrapping_add(kc * NR),
                     );
                 }
             }
@@ -249,19 +252,19 @@ fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
 }
 
 /// `acc[r] += Σ_kk xt[kk][r] * w[kk][..]` for the `mr` rows of one tile.
-fn tile(mr: usize, kc: usize, xt: &[f32], w: &[f32], acc: &mut [[f32; NR]]) {
+fn tile(mr: usize, kc: usize, xt: &[f32], w: &[f32], acc: &mut [[f32; NR]], next: *const f32) {
     debug_assert!(xt.len() == kc * mr && w.len() == kc * NR && acc.len() == mr);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA; the slices hold kc*mr and kc*NR floats.
         unsafe {
             match mr {
-                6 => avx2::tile::<6>(kc, xt, w, acc),
-                5 => avx2::tile::<5>(kc, xt, w, acc),
-                4 => avx2::tile::<4>(kc, xt, w, acc),
-                3 => avx2::tile::<3>(kc, xt, w, acc),
-                2 => avx2::tile::<2>(kc, xt, w, acc),
-                _ => avx2::tile::<1>(kc, xt, w, acc),
+                6 => avx2::tile::<6>(kc, xt, w, acc, next),
+                5 => avx2::tile::<5>(kc, xt, w, acc, next),
+                4 => avx2::tile::<4>(kc, xt, w, acc, next),
+                3 => avx2::tile::<3>(kc, xt, w, acc, next),
+                2 => avx2::tile::<2>(kc, xt, w, acc, next),
+                _ => avx2::tile::<1>(kc, xt, w, acc, next),
             }
         }
         return;
@@ -284,7 +287,13 @@ mod avx2 {
 
     /// The register tile: R rows x 16 features in 2R accumulators.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const R: usize>(kc: usize, xt: &[f32], w: &[f32], acc: &mut [[f32; NR]]) {
+    pub unsafe fn tile<const R: usize>(
+        kc: usize,
+        xt: &[f32],
+        w: &[f32],
+        acc: &mut [[f32; NR]],
+        next: *const f32,
+    ) {
         let mut a = [[_mm256_setzero_ps(); 2]; R];
         for r in 0..R {
             a[r][0] = _mm256_loadu_ps(acc[r].as_ptr());
@@ -292,6 +301,9 @@ mod avx2 {
         }
         let (xp, wp) = (xt.as_ptr(), w.as_ptr());
         for kk in 0..kc {
+            // One 64-byte line of the next weight block per k: prefetches never
+            // fault, so running past the end of the matrix is harmless.
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(kk * NR) as *const i8);
             let w0 = _mm256_loadu_ps(wp.add(kk * NR));
             let w1 = _mm256_loadu_ps(wp.add(kk * NR + 8));
             for (r, ar) in a.iter_mut().enumerate() {
