@@ -170,7 +170,10 @@ fn beam<M: Seq2Seq>(
     let lp = opts.length_penalty as f64;
 
     let mut state = model.start(input_ids, attention_mask)?;
-    model.repeat_rows(&mut state, nb)?;
+    // The first step runs one row per item: every beam holds the same start
+    // token and state, so its scores are the same row repeated (computed
+    // row by row, identically). The rows are repeated per beam after it.
+    let mut repeated = false;
     let start = vec![opts.decoder_start_token_id];
     let mut items: Vec<BeamItem> = (0..batch)
         .map(|_| BeamItem {
@@ -191,7 +194,21 @@ fn beam<M: Seq2Seq>(
             .iter()
             .flat_map(|&i| items[i].running.iter().map(|(h, _)| *h.last().unwrap()))
             .collect();
-        let mut logits = model.step(&mut state, &last)?;
+        let mut logits = if repeated {
+            model.step(&mut state, &last)?
+        } else {
+            let first: Vec<u32> = last.iter().step_by(nb).copied().collect();
+            let one = model.step(&mut state, &first)?;
+            model.repeat_rows(&mut state, nb)?;
+            repeated = true;
+            let mut all = Vec::with_capacity(one.len() * nb);
+            for row in one.chunks(vocab) {
+                for _ in 0..nb {
+                    all.extend_from_slice(row);
+                }
+            }
+            all
+        };
         // Rows of the next state: (position in `active` of the item, source beam).
         let mut next_rows: Vec<u32> = Vec::with_capacity(last.len());
         let mut next_active = Vec::with_capacity(active.len());
