@@ -31,11 +31,25 @@ const KC: usize = 256;
 /// Rows per block: the packed rows of one k block (MC x KC floats, 96 KiB) stay in L2.
 const MC: usize = 96;
 
+/// Values per q8_0 block along k (GGML's QK8_0).
+pub const Q8_BLOCK: usize = 32;
+
+/// Packed weights: float, or q8_0 (GGML's format: one scale per 32 weights of a
+/// row, int8 values) laid out in the same panels.
+#[derive(Debug, Clone)]
+enum Panels {
+    /// [panels][k][NR], zero-padded past the last feature.
+    F32(Arc<Vec<f32>>),
+    /// `q` [panels][k][NR] int8 and `d` [panels][k/32][NR] scales (f16 in GGUF,
+    /// held as the f32 they convert to). Panel blocks are widened to f32 in L1
+    /// just before use, so the rows stay float: q8_0 weights, f32 activations.
+    Q8 { q: Arc<Vec<i8>>, d: Arc<Vec<f32>> },
+}
+
 /// A weight matrix [out, k] packed as panels of [`NR`] output features.
 #[derive(Debug, Clone)]
 pub struct PackedMatrix {
-    /// [panels][k][NR], zero-padded past the last feature.
-    data: Arc<Vec<f32>>,
+    data: Panels,
     /// First panel of this view (a view of whole panels of a larger matrix).
     first_panel: usize,
     out: usize,
@@ -59,11 +73,54 @@ impl PackedMatrix {
                 }
             });
         PackedMatrix {
-            data: Arc::new(data),
+            data: Panels::F32(Arc::new(data)),
             first_panel: 0,
             out,
             k,
         }
+    }
+
+    /// Pack a q8_0 matrix from GGML blocks (row-major [out, k/32] blocks of 34
+    /// bytes: an f16 scale, then 32 int8 values), as candle's `QTensor` and GGUF
+    /// files hold it. None when the sizes do not fit that format.
+    pub fn pack_q8_0(blocks: &[u8], out: usize, k: usize) -> Option<Self> {
+        const BYTES: usize = 2 + Q8_BLOCK;
+        let nb = k / Q8_BLOCK;
+        if !k.is_multiple_of(Q8_BLOCK) || blocks.len() != out * nb * BYTES {
+            return None;
+        }
+        let panels = out.div_ceil(NR);
+        let mut q = vec![0i8; panels * k * NR];
+        let mut d = vec![0f32; panels * nb * NR];
+        q.par_chunks_mut(k * NR)
+            .zip(d.par_chunks_mut(nb * NR))
+            .enumerate()
+            .for_each(|(p, (qp, dp))| {
+                for j in 0..NR.min(out - p * NR) {
+                    let row = &blocks[(p * NR + j) * nb * BYTES..(p * NR + j + 1) * nb * BYTES];
+                    for (b, block) in row.chunks_exact(BYTES).enumerate() {
+                        let scale = half::f16::from_le_bytes([block[0], block[1]]);
+                        dp[b * NR + j] = scale.to_f32();
+                        for (i, &v) in block[2..].iter().enumerate() {
+                            qp[(b * Q8_BLOCK + i) * NR + j] = v as i8;
+                        }
+                    }
+                }
+            });
+        Some(PackedMatrix {
+            data: Panels::Q8 {
+                q: Arc::new(q),
+                d: Arc::new(d),
+            },
+            first_panel: 0,
+            out,
+            k,
+        })
+    }
+
+    /// Whether the weights are q8_0.
+    pub fn is_q8_0(&self) -> bool {
+        matches!(self.data, Panels::Q8 { .. })
     }
 
     /// Output features.
@@ -90,18 +147,50 @@ impl PackedMatrix {
         })
     }
 
-    /// The panel of output features `p*NR..`, [k][NR].
-    fn panel(&self, p: usize) -> &[f32] {
-        let n = self.k * NR;
-        &self.data[(self.first_panel + p) * n..(self.first_panel + p + 1) * n]
+    /// Weights `k0..k0+kc` of panel `p` (output features `p*NR..`) as f32
+    /// [kc][NR]: borrowed when float, widened into `scratch` when q8_0.
+    fn block<'a>(&'a self, p: usize, k0: usize, kc: usize, scratch: &'a mut [f32]) -> &'a [f32] {
+        let p = self.first_panel + p;
+        match &self.data {
+            Panels::F32(data) => &data[(p * self.k + k0) * NR..(p * self.k + k0 + kc) * NR],
+            Panels::Q8 { q, d } => {
+                let nb = self.k / Q8_BLOCK;
+                let q = &q[(p * self.k + k0) * NR..(p * self.k + k0 + kc) * NR];
+                let d = &d[(p * nb + k0 / Q8_BLOCK) * NR..(p * nb + (k0 + kc).div_ceil(Q8_BLOCK)) * NR];
+                widen_q8(q, d, &mut scratch[..kc * NR]);
+                &scratch[..kc * NR]
+            }
+        }
+    }
+
+    /// Where the weight stream continues after panel `p` up to `k1`, for
+    /// prefetching: f32 lines of the float data; for q8_0, the int8 lines
+    /// (a quarter as many, so the prefetch distance covers four blocks).
+    fn next_block(&self, p: usize, k1: usize) -> *const f32 {
+        let p = self.first_panel + p;
+        match &self.data {
+            Panels::F32(data) => data.as_ptr().wrapping_add((p * self.k + k1) * NR),
+            Panels::Q8 { q, .. } => q.as_ptr().wrapping_add((p * self.k + k1) * NR) as *const f32,
+        }
     }
 
     /// Weight row `i` (output feature i), e.g. a token's embedding when the
     /// matrix is a tied LM head.
     pub fn row_into(&self, i: usize, dst: &mut [f32]) {
-        let panel = self.panel(i / NR);
-        for (kk, d) in dst.iter_mut().enumerate() {
-            *d = panel[kk * NR + i % NR];
+        let (p, j) = (self.first_panel + i / NR, i % NR);
+        match &self.data {
+            Panels::F32(data) => {
+                let panel = &data[p * self.k * NR..(p + 1) * self.k * NR];
+                for (kk, v) in dst.iter_mut().enumerate() {
+                    *v = panel[kk * NR + j];
+                }
+            }
+            Panels::Q8 { q, d } => {
+                let nb = self.k / Q8_BLOCK;
+                for (kk, v) in dst.iter_mut().enumerate() {
+                    *v = q[(p * self.k + kk) * NR + j] as f32 * d[(p * nb + kk / Q8_BLOCK) * NR + j];
+                }
+            }
         }
     }
 
@@ -181,7 +270,7 @@ impl PackedMatrix {
         out: SendPtr,
     ) {
         let (n, k) = (self.out, self.k);
-        let panel = self.panel(p);
+        let mut scratch = [0f32; KC * NR];
         let c0 = p * NR;
         let cols = NR.min(n - c0);
         // The panel's outputs for one row block stay here (L1) across k blocks,
@@ -193,7 +282,7 @@ impl PackedMatrix {
             acc.fill([0.0; NR]);
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
-                let wblock = &panel[k0 * NR..(k0 + kc) * NR];
+                let wblock = self.block(p, k0, kc, &mut scratch);
                 let xblock = &xp[k0 * rows..(k0 + kc) * rows];
                 for t0 in (r0..r1).step_by(MR) {
                     let mr = MR.min(r1 - t0);
@@ -205,7 +294,7 @@ impl PackedMatrix {
                         &mut acc[t0 - r0..t0 - r0 + mr],
                         // The weight stream's next block (panels are contiguous):
                         // fetched while this one is multiplied.
-                        wblock.as_ptr().wrapping_add(kc * NR),
+                        self.next_block(p, k0 + kc),
                     );
                 }
             }
@@ -222,6 +311,34 @@ impl PackedMatrix {
             }
         }
     }
+}
+
+/// `out[kk][j] = q[kk][j] * d[kk / 32][j]` for one panel block.
+fn widen_q8(q: &[i8], d: &[f32], out: &mut [f32]) {
+    #[inline(always)]
+    fn imp(q: &[i8], d: &[f32], out: &mut [f32]) {
+        for ((qb, ob), db) in q
+            .chunks(Q8_BLOCK * NR)
+            .zip(out.chunks_mut(Q8_BLOCK * NR))
+            .zip(d.chunks_exact(NR))
+        {
+            for (qr, or) in qb.chunks_exact(NR).zip(ob.chunks_exact_mut(NR)) {
+                for j in 0..NR {
+                    or[j] = qr[j] as f32 * db[j];
+                }
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(q: &[i8], d: &[f32], out: &mut [f32]) {
+            imp(q, d, out)
+        }
+        // SAFETY: the CPU has AVX2.
+        return unsafe { avx2(q, d, out) };
+    }
+    imp(q, d, out)
 }
 
 #[derive(Clone, Copy)]

@@ -188,6 +188,8 @@ pub struct BartModel {
     encoder_layers: Vec<EncoderLayer>,
     decoder_layers: Vec<DecoderLayer>,
     lm_head: Linear,
+    /// Whether the (encoder, decoder) embedding tables are the LM head's matrix.
+    lm_tied: (bool, bool),
     /// final_logits_bias on the host, added while transposing the logits.
     logits_bias: Vec<f32>,
     activation: Activation,
@@ -276,10 +278,6 @@ impl Table {
         }
     }
 
-    /// Whether this is the dense table `t` (the same tensor, not a copy).
-    fn is(&self, t: &Tensor) -> bool {
-        matches!(self, Table::Dense(d) if d.id() == t.id())
-    }
 }
 
 impl BartModel {
@@ -341,6 +339,18 @@ impl BartModel {
         };
         // A quantized file (transum quantize) stores the tied lm_head quantized
         // under its Hugging Face name; otherwise it is the (tied) float matrix.
+        // Which embedding tables are the LM head's matrix (then, once the head
+        // is packed, they read its rows instead of holding a copy). A quantized
+        // head from a file is the tied table when the config ties them.
+        let head_is_decoder_table = if w.is_quantized("lm_head.weight") {
+            config.tie_word_embeddings
+        } else {
+            lm_weight.id() == decoder_embed.id()
+        };
+        let lm_tied = (
+            head_is_decoder_table && encoder_embed.id() == decoder_embed.id(),
+            head_is_decoder_table,
+        );
         let lm_matrix = if w.is_quantized("lm_head.weight") {
             w.matmul_weight("lm_head.weight", tgt_vocab, d)?
         } else {
@@ -425,6 +435,7 @@ impl BartModel {
             encoder_layers,
             decoder_layers,
             lm_head,
+            lm_tied,
         })
     }
 
@@ -498,13 +509,11 @@ impl BartModel {
             l.fc1 = l.fc1.pack()?;
             l.fc2 = l.fc2.pack()?;
         }
-        let tied = match &m.lm_head.dense_tensor() {
-            Some(w) => (m.encoder_embed.is(w), m.decoder_embed.is(w)),
-            None => (false, false),
-        };
+        let tied = m.lm_tied;
         m.lm_head = m.lm_head.pack()?;
         // Tables tied to the LM head read its packed rows instead of keeping
-        // their own copy (opus-mt: 122 MB less).
+        // their own copy (opus-mt: 122 MB less). With a q8_0 head they read its
+        // dequantized rows, as CTranslate2's int8 models share theirs.
         if let Some(p) = m.lm_head.packed() {
             if tied.0 {
                 m.encoder_embed = Table::Packed(p.clone());
