@@ -118,6 +118,48 @@ impl PackedMatrix {
         })
     }
 
+    /// Quantize a row-major f32 [out, k] matrix to q8_0 straight into panels,
+    /// with GGML's rounding (scale = amax / 127 held as f16, values
+    /// round(x / scale)): the same int8 values and scales as candle's
+    /// `QTensor::quantize`, without its full-size f32 and block copies (the
+    /// LM head is 122 MB). None unless k is a multiple of 32.
+    pub fn quantize_q8_0(w: &[f32], out: usize, k: usize) -> Option<Self> {
+        assert_eq!(w.len(), out * k, "weight is [out, k]");
+        if !k.is_multiple_of(Q8_BLOCK) {
+            return None;
+        }
+        let nb = k / Q8_BLOCK;
+        let panels = out.div_ceil(NR);
+        let mut q = vec![0i8; panels * k * NR];
+        let mut d = vec![0f32; panels * nb * NR];
+        q.par_chunks_mut(k * NR)
+            .zip(d.par_chunks_mut(nb * NR))
+            .enumerate()
+            .for_each(|(p, (qp, dp))| {
+                for j in 0..NR.min(out - p * NR) {
+                    let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
+                    for (b, xs) in row.chunks_exact(Q8_BLOCK).enumerate() {
+                        let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
+                        let scale = amax / 127.0;
+                        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                        dp[b * NR + j] = half::f16::from_f32(scale).to_f32();
+                        for (i, &x) in xs.iter().enumerate() {
+                            qp[(b * Q8_BLOCK + i) * NR + j] = (x * inv).round() as i8;
+                        }
+                    }
+                }
+            });
+        Some(PackedMatrix {
+            data: Panels::Q8 {
+                q: Arc::new(q),
+                d: Arc::new(d),
+            },
+            first_panel: 0,
+            out,
+            k,
+        })
+    }
+
     /// Whether the weights are q8_0.
     pub fn is_q8_0(&self) -> bool {
         matches!(self.data, Panels::Q8 { .. })
@@ -156,7 +198,8 @@ impl PackedMatrix {
             Panels::Q8 { q, d } => {
                 let nb = self.k / Q8_BLOCK;
                 let q = &q[(p * self.k + k0) * NR..(p * self.k + k0 + kc) * NR];
-                let d = &d[(p * nb + k0 / Q8_BLOCK) * NR..(p * nb + (k0 + kc).div_ceil(Q8_BLOCK)) * NR];
+                let d =
+                    &d[(p * nb + k0 / Q8_BLOCK) * NR..(p * nb + (k0 + kc).div_ceil(Q8_BLOCK)) * NR];
                 widen_q8(q, d, &mut scratch[..kc * NR]);
                 &scratch[..kc * NR]
             }
@@ -188,7 +231,8 @@ impl PackedMatrix {
             Panels::Q8 { q, d } => {
                 let nb = self.k / Q8_BLOCK;
                 for (kk, v) in dst.iter_mut().enumerate() {
-                    *v = q[(p * self.k + kk) * NR + j] as f32 * d[(p * nb + kk / Q8_BLOCK) * NR + j];
+                    *v =
+                        q[(p * self.k + kk) * NR + j] as f32 * d[(p * nb + kk / Q8_BLOCK) * NR + j];
                 }
             }
         }
@@ -351,9 +395,8 @@ unsafe impl Sync for SendPtr {}
 /// ([kc][mr]): the micro-kernel broadcasts consecutive floats.
 fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
     let mut xp = vec![0f32; rows * k];
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        let block = &mut xp[k0 * rows..(k0 + kc) * rows];
+    let pack_block = |k0: usize, block: &mut [f32]| {
+        let kc = block.len() / rows;
         for t0 in (0..rows).step_by(MR) {
             let mr = MR.min(rows - t0);
             let tile = &mut block[t0 * kc..(t0 + mr) * kc];
@@ -363,6 +406,17 @@ fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
                     tile[kk * mr + r] = v;
                 }
             }
+        }
+    };
+    // Encoder-sized inputs (hundreds of rows) are packed on every thread;
+    // a decode step's few rows are not worth waking them.
+    if rows * k >= 1 << 16 {
+        xp.par_chunks_mut(KC * rows)
+            .enumerate()
+            .for_each(|(b, block)| pack_block(b * KC, block));
+    } else {
+        for (b, block) in xp.chunks_mut(KC * rows).enumerate() {
+            pack_block(b * KC, block);
         }
     }
     xp
@@ -439,6 +493,23 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q8_0_quantization_is_candles() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let (out, k) = (37, 96);
+        let w: Vec<f32> = (0..out * k)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * (1.0 + (i % 5) as f32))
+            .collect();
+        let dev = candle_core::Device::Cpu;
+        let t = candle_core::Tensor::from_vec(w.clone(), (out, k), &dev).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
+        let from_blocks = PackedMatrix::pack_q8_0(&q.data().unwrap(), out, k).unwrap();
+        let direct = PackedMatrix::quantize_q8_0(&w, out, k).unwrap();
+        assert_eq!(from_blocks.unpack(), direct.unpack());
+        let deq = q.dequantize(&dev).unwrap().flatten_all().unwrap();
+        assert_eq!(direct.unpack(), deq.to_vec1::<f32>().unwrap());
+    }
 
     fn reference(
         x: &[f32],

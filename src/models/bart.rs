@@ -277,7 +277,6 @@ impl Table {
             }
         }
     }
-
 }
 
 impl BartModel {

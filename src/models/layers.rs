@@ -142,7 +142,7 @@ impl Linear {
         if self.packed.is_some() {
             return Ok(self.clone());
         }
-        let (packed, k, device) = match &self.weight {
+        let (packed, device) = match &self.weight {
             QMatMul::Tensor(w) if w.device().is_cpu() && w.dtype() == DType::F32 => {
                 let (out, k) = w.dims2()?;
                 // Read the weight in place when it is contiguous: the LM head is 122 MB.
@@ -150,19 +150,26 @@ impl Linear {
                     Some(v) => PackedMatrix::pack(v.slice(), out, k),
                     None => PackedMatrix::pack(&w.flatten_all()?.to_vec1::<f32>()?, out, k),
                 };
-                (packed, k, w.device().clone())
+                (packed, w.device().clone())
             }
             // q8_0 keeps its exact int8 values and scales; candle 0.11 multiplies
             // q8_0 without tiling on AVX2 (130-140 tok/s against 400+ in f32).
             QMatMul::QTensor(q) if q.dtype() == GgmlDType::Q8_0 && q.device().is_cpu() => {
                 let (out, k) = q.shape().dims2()?;
                 match PackedMatrix::pack_q8_0(&q.data()?, out, k) {
-                    Some(p) => (p, k, q.device()),
+                    Some(p) => (p, q.device()),
                     None => return Ok(self.clone()),
                 }
             }
             _ => return Ok(self.clone()),
         };
+        self.with_packed(packed, &device)
+    }
+
+    /// This projection's bias with `packed` as its weight; the `QMatMul` slot
+    /// keeps an empty placeholder so the packed copy is the only one.
+    fn with_packed(&self, packed: PackedMatrix, device: &candle_core::Device) -> Result<Self> {
+        let k = packed.in_dim();
         let bias = match &self.bias {
             Some(b) => Some(std::sync::Arc::new(
                 b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
@@ -170,7 +177,7 @@ impl Linear {
             None => None,
         };
         Ok(Linear {
-            weight: QMatMul::Tensor(Tensor::zeros((0, k), DType::F32, &device)?),
+            weight: QMatMul::Tensor(Tensor::zeros((0, k), DType::F32, device)?),
             bias: self.bias.clone(),
             packed: Some((packed, bias)),
         })
@@ -342,6 +349,17 @@ impl Linear {
             return Ok(Some(self.clone()));
         };
         let w = &w;
+        // q8_0 on the CPU goes straight into the packed kernel's panels, read in
+        // place (candle's quantize would copy the f32 matrix twice first).
+        if dtype == GgmlDType::Q8_0 && w.device().is_cpu() && w.dtype() == DType::F32 {
+            if let Some(v) = CpuView::new(w) {
+                let (out, k) = w.dims2()?;
+                let Some(p) = PackedMatrix::quantize_q8_0(v.slice(), out, k) else {
+                    return Ok(None);
+                };
+                return Ok(Some(self.with_packed(p, w.device())?));
+            }
+        }
         if !w.dim(1)?.is_multiple_of(dtype.block_size()) {
             return Ok(None);
         }
@@ -363,9 +381,8 @@ impl Linear {
     /// `x·Wᵀ` as [rows, out] for x [rows, in], without the bias.
     pub fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(y) = self.packed_forward(x, false)? {
-            let rows = x.dim(0)?;
-            let out = if rows == 0 { 0 } else { y.len() / rows };
-            return Ok(Tensor::from_vec(y, (rows, out), x.device())?);
+            let out = self.packed.as_ref().map_or(0, |(p, _)| p.out_dim());
+            return Ok(Tensor::from_vec(y, (x.dim(0)?, out), x.device())?);
         }
         Ok(self.weight.forward(x)?)
     }
