@@ -394,8 +394,10 @@ unsafe impl Sync for SendPtr {}
 /// `x` [rows, k] repacked per k block, then per row tile, k-major within a tile
 /// ([kc][mr]): the micro-kernel broadcasts consecutive floats.
 fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
-    let mut xp = vec![0f32; rows * k];
-    let pack_block = |k0: usize, block: &mut [f32]| {
+    use std::mem::MaybeUninit;
+    // Written whole below, so not zeroed first (7 MB per beam-search step).
+    let mut xp = Vec::<f32>::with_capacity(rows * k);
+    let pack_block = |k0: usize, block: &mut [MaybeUninit<f32>]| {
         let kc = block.len() / rows;
         for t0 in (0..rows).step_by(MR) {
             let mr = MR.min(rows - t0);
@@ -403,22 +405,27 @@ fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
             for r in 0..mr {
                 let src = &x[(t0 + r) * k + k0..(t0 + r) * k + k0 + kc];
                 for (kk, &v) in src.iter().enumerate() {
-                    tile[kk * mr + r] = v;
+                    tile[kk * mr + r].write(v);
                 }
             }
         }
     };
+    let spare = &mut xp.spare_capacity_mut()[..rows * k];
     // Encoder-sized inputs (hundreds of rows) are packed on every thread;
     // a decode step's few rows are not worth waking them.
     if rows * k >= 1 << 16 {
-        xp.par_chunks_mut(KC * rows)
+        spare
+            .par_chunks_mut(KC * rows)
             .enumerate()
             .for_each(|(b, block)| pack_block(b * KC, block));
     } else {
-        for (b, block) in xp.chunks_mut(KC * rows).enumerate() {
+        for (b, block) in spare.chunks_mut(KC * rows).enumerate() {
             pack_block(b * KC, block);
         }
     }
+    // SAFETY: the k blocks cover all rows * k slots and each block's tiles
+    // cover every (row, k) of it, so every element was written.
+    unsafe { xp.set_len(rows * k) };
     xp
 }
 

@@ -726,7 +726,7 @@ impl Attention {
         out.par_chunks_mut(t * h * hd)
             .enumerate()
             .for_each(|(bi, o)| {
-                let mut scores = vec![0f32; s];
+                let mut scores = vec![0f32; t * s];
                 crate::kernels::attend_rows(
                     &qd[bi * h * t * hd..(bi + 1) * h * t * hd],
                     &kd[bi * h * s * hd..(bi + 1) * h * s * hd],
