@@ -88,7 +88,8 @@ fn silu_impl(src: &[f32], dst: &mut [f32]) {
 }
 
 /// Single-query multi-head attention for one row block:
-/// `q` [heads, t, hd], `k`/`v` [heads, s, hd], additive `mask` [s] or none;
+/// `q` [heads, t, hd], `k`/`v` [heads, s, hd] with heads `stride` floats apart
+/// (s * hd when packed, more in a cache with spare capacity), additive `mask` [s] or none;
 /// writes `out` [t, heads, hd] (already in the [t, d] layout the out-projection wants).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -101,13 +102,14 @@ fn attend_impl(
     t: usize,
     s: usize,
     hd: usize,
+    stride: usize,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     for h in 0..heads {
-        let kh = &k[h * s * hd..(h + 1) * s * hd];
-        let vh = &v[h * s * hd..(h + 1) * s * hd];
+        let kh = &k[h * stride..h * stride + s * hd];
+        let vh = &v[h * stride..h * stride + s * hd];
         for ti in 0..t {
             let qv = &q[(h * t + ti) * hd..(h * t + ti + 1) * hd];
             let mut max = f32::NEG_INFINITY;
@@ -186,14 +188,17 @@ pub fn attend_rows(
     t: usize,
     s: usize,
     hd: usize,
+    stride: usize,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    let kv_len = (heads.max(1) - 1) * stride + s * hd;
     assert!(
         q.len() >= heads * t * hd
-            && k.len() >= heads * s * hd
-            && v.len() >= heads * s * hd
+            && stride >= s * hd
+            && k.len() >= kv_len
+            && v.len() >= kv_len
             && mask.is_none_or(|m| m.len() >= s)
             && scores.len() >= t * s
             && out.len() >= t * heads * hd,
@@ -202,10 +207,10 @@ pub fn attend_rows(
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA; the assert above bounds every access.
-        unsafe { attend_avx2(q, k, v, mask, heads, t, s, hd, scale, scores, out) };
+        unsafe { attend_avx2(q, k, v, mask, heads, t, s, hd, stride, scale, scores, out) };
         return;
     }
-    attend_impl(q, k, v, mask, heads, t, s, hd, scale, scores, out)
+    attend_impl(q, k, v, mask, heads, t, s, hd, stride, scale, scores, out)
 }
 
 /// `[a[i] · b[i] for i in 0..4]` over `n` floats (n a multiple of 8).
@@ -248,16 +253,17 @@ unsafe fn attend_avx2(
     t: usize,
     s: usize,
     hd: usize,
+    stride: usize,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     if !hd.is_multiple_of(8) {
-        return attend_impl(q, k, v, mask, heads, t, s, hd, scale, scores, out);
+        return attend_impl(q, k, v, mask, heads, t, s, hd, stride, scale, scores, out);
     }
     for h in 0..heads {
-        let kh = k[h * s * hd..(h + 1) * s * hd].as_ptr();
-        let vh = &v[h * s * hd..(h + 1) * s * hd];
+        let kh = k[h * stride..h * stride + s * hd].as_ptr();
+        let vh = &v[h * stride..h * stride + s * hd];
         let qh = q[h * t * hd..(h + 1) * t * hd].as_ptr();
         // Raw scores [t][s].
         let mut ti = 0;

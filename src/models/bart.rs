@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::layers::{
     causal_mask, last_position, padding_mask, sinusoidal_table, to_f32, Activation, Attention,
-    KeyValue, LayerNorm, Linear,
+    Cache, KeyValue, LayerNorm, Linear,
 };
 use super::Seq2Seq;
 use crate::error::{Error, Result};
@@ -204,7 +204,7 @@ pub struct BartState {
     /// Additive padding mask per item, [items, 1, 1, src_len].
     mask: Tensor,
     /// Self-attention cache per decoder layer, one entry per row.
-    cache: Vec<Option<KeyValue>>,
+    cache: Vec<Option<Cache>>,
     /// Row selection owed to `cache` (applied while appending at the next step).
     pending: Option<Vec<u32>>,
     /// Rows per item (beams); rows of one item are consecutive.

@@ -550,6 +550,165 @@ impl KeyValue {
     }
 }
 
+/// One decoder layer's self-attention cache.
+#[derive(Debug, Clone)]
+pub enum Cache {
+    /// Candle tensors [rows, heads, len, hd]: any device, any query count.
+    Tensors(KeyValue),
+    /// Host buffers with spare capacity, updated in place (CPU f32 decoding).
+    Host(HostCache),
+}
+
+/// Keys and values on the host, [rows, heads, cap, hd] filled to `len`.
+///
+/// Appending a step writes one position per row in place, and a beam reorder
+/// moves only the rows whose source changed (about a fifth of them in beam
+/// search): the tensor cache copied every row at every step, 40 MB per step
+/// at opus-mt's size late in a beam-4 batch.
+#[derive(Debug, Clone)]
+pub struct HostCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    rows: usize,
+    heads: usize,
+    cap: usize,
+    len: usize,
+    hd: usize,
+}
+
+impl HostCache {
+    fn empty(heads: usize, hd: usize) -> Self {
+        HostCache {
+            k: Vec::new(),
+            v: Vec::new(),
+            rows: 0,
+            heads,
+            cap: 0,
+            len: 0,
+            hd,
+        }
+    }
+
+    /// Floats per row (all heads, full capacity).
+    fn row_len(&self) -> usize {
+        self.heads * self.cap * self.hd
+    }
+
+    /// Make row i hold old row `reorder[i]` (`rows` rows when there is no
+    /// reorder), then append `t` positions from `k_new`/`v_new` [rows, heads, t, hd].
+    fn append(
+        &mut self,
+        reorder: Option<&[u32]>,
+        rows: usize,
+        t: usize,
+        k_new: &[f32],
+        v_new: &[f32],
+    ) {
+        use rayon::prelude::*;
+        let (heads, hd) = (self.heads, self.hd);
+        let rows_alloc = if self.row_len() == 0 {
+            0
+        } else {
+            self.k.len() / self.row_len()
+        };
+        if rows > rows_alloc || self.len + t > self.cap {
+            // Grow: a fresh buffer with doubled capacity, rows gathered into it.
+            let cap = (self.len + t).max(2 * self.cap).max(16);
+            let row_len = heads * cap * hd;
+            let (old_cap, len) = (self.cap, self.len);
+            let gather = |old: &[f32]| {
+                let mut buf = vec![0f32; rows * row_len];
+                buf.par_chunks_mut(row_len)
+                    .enumerate()
+                    .for_each(|(r, dst)| {
+                        if len == 0 {
+                            return;
+                        }
+                        let src = reorder.map_or(r, |idx| idx[r] as usize);
+                        for h in 0..heads {
+                            let o = (src * heads + h) * old_cap * hd;
+                            dst[h * cap * hd..h * cap * hd + len * hd]
+                                .copy_from_slice(&old[o..o + len * hd]);
+                        }
+                    });
+                buf
+            };
+            self.k = gather(&self.k);
+            self.v = gather(&self.v);
+            self.cap = cap;
+        } else if let Some(idx) = reorder.filter(|_| self.len > 0) {
+            // In place: only rows whose source differs move. Their sources are
+            // copied out first, since a source may itself be overwritten.
+            let (cap, len) = (self.cap, self.len);
+            let moved: Vec<(usize, usize)> = idx
+                .iter()
+                .enumerate()
+                .filter(|&(r, &src)| r != src as usize)
+                .map(|(r, &src)| (r, src as usize))
+                .collect();
+            // The filled part of head h of row r.
+            let span = |r: usize, h: usize| {
+                let o = (r * heads + h) * cap * hd;
+                o..o + len * hd
+            };
+            for buf in [&mut self.k, &mut self.v] {
+                let mut saved = Vec::with_capacity(moved.len() * heads * len * hd);
+                for &(_, src) in &moved {
+                    for h in 0..heads {
+                        saved.extend_from_slice(&buf[span(src, h)]);
+                    }
+                }
+                for (&(r, _), data) in moved.iter().zip(saved.chunks(heads * len * hd)) {
+                    for h in 0..heads {
+                        buf[span(r, h)].copy_from_slice(&data[h * len * hd..(h + 1) * len * hd]);
+                    }
+                }
+            }
+        }
+        let (cap, len) = (self.cap, self.len);
+        let row_len = heads * cap * hd;
+        for (buf, new) in [(&mut self.k, k_new), (&mut self.v, v_new)] {
+            buf[..rows * row_len]
+                .par_chunks_mut(row_len)
+                .enumerate()
+                .for_each(|(r, dst)| {
+                    for h in 0..heads {
+                        let n0 = (r * heads + h) * t * hd;
+                        let d0 = h * cap * hd + len * hd;
+                        dst[d0..d0 + t * hd].copy_from_slice(&new[n0..n0 + t * hd]);
+                    }
+                });
+        }
+        self.rows = rows;
+        self.len += t;
+    }
+
+    /// The cache as tensors [rows, heads, len, hd], with `reorder` applied.
+    fn to_tensors(
+        &self,
+        reorder: Option<&[u32]>,
+        device: &candle_core::Device,
+    ) -> Result<KeyValue> {
+        let (heads, hd, cap, len) = (self.heads, self.hd, self.cap, self.len);
+        let rows = reorder.map_or(self.rows, <[u32]>::len);
+        let take = |buf: &[f32]| -> Result<Tensor> {
+            let mut out = Vec::with_capacity(rows * heads * len * hd);
+            for r in 0..rows {
+                let src = reorder.map_or(r, |idx| idx[r] as usize);
+                for h in 0..heads {
+                    let o = (src * heads + h) * cap * hd;
+                    out.extend_from_slice(&buf[o..o + len * hd]);
+                }
+            }
+            Ok(Tensor::from_vec(out, (rows, heads, len, hd), device)?)
+        };
+        Ok(KeyValue {
+            k: take(&self.k)?,
+            v: take(&self.v)?,
+        })
+    }
+}
+
 impl Attention {
     /// Load `{prefix}.{q,k,v,out}_proj`.
     pub fn load(w: &Weights, dim: usize, heads: usize) -> Result<Self> {
@@ -736,6 +895,7 @@ impl Attention {
                     t,
                     s,
                     hd,
+                    s * hd,
                     scale,
                     &mut scores,
                     o,
@@ -752,7 +912,7 @@ impl Attention {
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<&mut Option<KeyValue>>,
+        cache: Option<&mut Option<Cache>>,
         reorder: Option<&[u32]>,
     ) -> Result<Tensor> {
         let d = self.heads * self.head_dim;
@@ -772,21 +932,91 @@ impl Attention {
             k: self.split_heads(&k)?,
             v: self.split_heads(&v)?,
         };
-        let kv = match cache {
-            Some(slot) => {
-                let kv = match slot.take() {
-                    Some(old) => KeyValue {
-                        k: append_rows(&old.k, reorder, &new.k)?,
-                        v: append_rows(&old.v, reorder, &new.v)?,
-                    },
-                    None => new,
+        let Some(slot) = cache else {
+            return self.attend(&q, &new, mask);
+        };
+        // Decoding one position at a time on the CPU: the in-place host cache.
+        let (rows, _, t, _) = q.dims4()?;
+        // (A teacher-forced prefix leaves tensors: decoding continues with them.)
+        let host_ok = !matches!(slot, Some(Cache::Tensors(_)))
+            && mask.is_none()
+            && t <= FEW_QUERIES
+            && q.device().is_cpu()
+            && q.dtype() == DType::F32;
+        if host_ok {
+            if let (Some(kn), Some(vn)) = (CpuView::new(&new.k), CpuView::new(&new.v)) {
+                let mut host = match slot.take() {
+                    Some(Cache::Host(h)) => h,
+                    _ => HostCache::empty(self.heads, self.head_dim),
                 };
-                *slot = Some(kv.clone());
-                kv
+                host.append(reorder, rows, t, kn.slice(), vn.slice());
+                let out = self.attend_host(&q, &host)?;
+                *slot = Some(Cache::Host(host));
+                return self.o.forward(&out);
+            }
+        }
+        self.attend_tensor_cache(&q, new, mask, slot, reorder)
+    }
+
+    /// Self-attention through the tensor cache (appending `new` to it).
+    fn attend_tensor_cache(
+        &self,
+        q: &Tensor,
+        new: KeyValue,
+        mask: Option<&Tensor>,
+        slot: &mut Option<Cache>,
+        reorder: Option<&[u32]>,
+    ) -> Result<Tensor> {
+        let kv = match slot.take() {
+            Some(Cache::Tensors(old)) => KeyValue {
+                k: append_rows(&old.k, reorder, &new.k)?,
+                v: append_rows(&old.v, reorder, &new.v)?,
+            },
+            Some(Cache::Host(host)) => {
+                let old = host.to_tensors(reorder, q.device())?;
+                KeyValue {
+                    k: Tensor::cat(&[&old.k, &new.k], 2)?,
+                    v: Tensor::cat(&[&old.v, &new.v], 2)?,
+                }
             }
             None => new,
         };
-        self.attend(&q, &kv, mask)
+        *slot = Some(Cache::Tensors(kv.clone()));
+        self.attend(q, &kv, mask)
+    }
+
+    /// Queries [rows, heads, t, hd] over a host cache, as the context [rows, t, d]
+    /// before the out projection.
+    fn attend_host(&self, q: &Tensor, cache: &HostCache) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let (b, h, t, hd) = q.dims4()?;
+        let q = q.contiguous()?;
+        let qv = CpuView::new(&q).expect("checked: contiguous f32 on the CPU");
+        let qd = qv.slice();
+        let (s, cap) = (cache.len, cache.cap);
+        let row_len = cache.row_len();
+        let scale = self.scaling as f32;
+        let mut out = vec![0f32; b * t * h * hd];
+        out.par_chunks_mut(t * h * hd)
+            .enumerate()
+            .for_each(|(bi, o)| {
+                let mut scores = vec![0f32; t * s];
+                crate::kernels::attend_rows(
+                    &qd[bi * h * t * hd..(bi + 1) * h * t * hd],
+                    &cache.k[bi * row_len..(bi + 1) * row_len],
+                    &cache.v[bi * row_len..(bi + 1) * row_len],
+                    None,
+                    h,
+                    t,
+                    s,
+                    hd,
+                    cap * hd,
+                    scale,
+                    &mut scores,
+                    o,
+                );
+            });
+        Ok(Tensor::from_vec(out, (b, t, h * hd), q.device())?)
     }
 
     /// Cross-attention of `x` ([rows, t, d]) over encoder K/V held once per item
