@@ -82,6 +82,9 @@ impl Placement {
 /// 59,514 tokens x rows). glibc serves those with mmap/munmap, so each step
 /// page-faults and zeroes them again; in a profile of beam search that was ~7%
 /// of the time. Raising the mmap and trim thresholds makes glibc reuse them.
+/// One arena: decoding runs on a rayon worker (see `translate`), and with an
+/// arena per thread the memory the loader freed on the main thread was not
+/// reused there (peak RSS +85-110 MB).
 /// Called once by the binary (and the benchmark) at startup.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -89,5 +92,6 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }

@@ -288,10 +288,16 @@ impl PackedMatrix {
         let work = |t: usize| {
             let p0 = t * per_task;
             let p1 = (p0 + per_task).min(panels);
+            // Per task, not per panel: zeroing 22 KiB for each of the LM head's
+            // 3,720 panels cost more than the panels' output writes.
+            let mut bufs = Buffers {
+                scratch: [0f32; KC * NR],
+                acc: [[0f32; NR]; MC],
+            };
             for p in p0..p1 {
                 // SAFETY: panels are disjoint column ranges of `out`, and each
                 // task owns its own panels, so no two threads write one element.
-                unsafe { self.panel_product(&xp, rows, p, bias, out) };
+                unsafe { self.panel_product(&xp, rows, p, bias, out, &mut bufs) };
             }
         };
         if rows * n * k < 1 << 16 {
@@ -312,21 +318,19 @@ impl PackedMatrix {
         p: usize,
         bias: Option<&[f32]>,
         out: SendPtr,
+        bufs: &mut Buffers,
     ) {
         let (n, k) = (self.out, self.k);
-        let mut scratch = [0f32; KC * NR];
+        let Buffers { scratch, acc } = bufs;
         let c0 = p * NR;
         let cols = NR.min(n - c0);
-        // The panel's outputs for one row block stay here (L1) across k blocks,
-        // so `out` (rows far apart in memory) is written once.
-        let mut acc = [[0f32; NR]; MC];
         for r0 in (0..rows).step_by(MC) {
             let r1 = (r0 + MC).min(rows);
             let acc = &mut acc[..r1 - r0];
             acc.fill([0.0; NR]);
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
-                let wblock = self.block(p, k0, kc, &mut scratch);
+                let wblock = self.block(p, k0, kc, scratch);
                 let xblock = &xp[k0 * rows..(k0 + kc) * rows];
                 for t0 in (r0..r1).step_by(MR) {
                     let mr = MR.min(r1 - t0);
@@ -383,6 +387,15 @@ fn widen_q8(q: &[i8], d: &[f32], out: &mut [f32]) {
         return unsafe { avx2(q, d, out) };
     }
     imp(q, d, out)
+}
+
+/// A task's working memory for [`PackedMatrix::panel_product`].
+struct Buffers {
+    /// A q8_0 panel block widened to f32.
+    scratch: [f32; KC * NR],
+    /// The panel's outputs for one row block: they stay here (L1) across k
+    /// blocks, so `out` (rows far apart in memory) is written once.
+    acc: [[f32; NR]; MC],
 }
 
 #[derive(Clone, Copy)]
