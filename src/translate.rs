@@ -92,11 +92,16 @@ impl Translator {
         let start = std::time::Instant::now();
         // Projections are quantized as they are read (--quantize), so their f32
         // copies never all sit in memory together.
-        let weights = Weights::load_quantized(
+        // A table that is both embeddings and LM head can be quantized as read.
+        let tied_table = config.tie_word_embeddings
+            && config.share_encoder_decoder_embeddings
+            && config.vocab_size == config.target_vocab_size();
+        let weights = Weights::load_quantized_tied(
             &files.weights,
             &placement.device,
             placement.dtype,
             placement.quantize,
+            tied_table,
         )?;
         let mut model = BartModel::load(config, &weights)?;
         let mut quantization = weights.quantization();

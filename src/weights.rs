@@ -16,6 +16,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::matmul::PackedMatrix;
 
 /// Weight file names we know, in order of preference.
 pub const WEIGHT_FILES: [&str; 3] = ["model.safetensors", "pytorch_model.bin", "model.gguf"];
@@ -88,10 +89,24 @@ fn read_safetensors(path: &Path, sink: &mut dyn FnMut(String, Tensor) -> Result<
             )
         })?;
     let data_start = 8 + header_len;
-    for (name, info) in meta {
-        if name == "__metadata__" {
-            continue;
-        }
+    // Largest first: the big transient of a load (an f32 embedding table read
+    // before it is quantized) then happens while little else is resident.
+    let span = |info: &serde_json::Value| -> u64 {
+        let offsets = info.get("data_offsets").and_then(|o| o.as_array());
+        let at = |i: usize| {
+            offsets
+                .and_then(|o| o.get(i))
+                .and_then(|x| x.as_u64())
+                .unwrap_or(0)
+        };
+        at(1).saturating_sub(at(0))
+    };
+    let mut entries: Vec<(String, serde_json::Value)> = meta
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .collect();
+    entries.sort_by_key(|(name, info)| (std::cmp::Reverse(span(info)), name.clone()));
+    for (name, info) in entries {
         let field = |k: &str| info.get(k).cloned().unwrap_or(serde_json::Value::Null);
         let dtype = match field("dtype").as_str().unwrap_or("") {
             "F32" => DType::F32,
@@ -152,6 +167,21 @@ fn read_safetensors(path: &Path, sink: &mut dyn FnMut(String, Tensor) -> Result<
         sink(name, t)?;
     }
     Ok(())
+}
+
+/// `f` over the data of a float32 CPU tensor, in place when it is contiguous.
+fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            if let Ok(data) = cpu.as_slice::<f32>() {
+                return Ok(f(&data[a..b]));
+            }
+        }
+    }
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
 }
 
 /// Whether `name` is a projection weight (what quantization applies to).
@@ -218,6 +248,9 @@ pub type AllTensors<'a> = (Vec<(&'a str, &'a Tensor)>, Vec<(&'a str, &'a Arc<QTe
 
 struct Inner {
     tensors: HashMap<String, Tensor>,
+    /// The tied embedding table quantized to q8_0 as it was read (see
+    /// [`Weights::load_quantized_tied`]).
+    packed: HashMap<String, PackedMatrix>,
     /// Projections stored quantized (GGUF).
     quantized: HashMap<String, Arc<QTensor>>,
     /// The quantization a GGUF file was written with.
@@ -249,6 +282,22 @@ impl Weights {
         dtype: DType,
         quantize: Option<GgmlDType>,
     ) -> Result<Self> {
+        Self::load_quantized_tied(path, device, dtype, quantize, false)
+    }
+
+    /// As [`Weights::load_quantized`]; with `pack_tied` (q8_0 on the CPU, for a
+    /// model whose embedding table is also its LM head) the shared table is
+    /// quantized into the packed kernel's q8_0 layout as soon as it is read,
+    /// so its 122 MB of f32 never sit in memory beside the other weights.
+    pub fn load_quantized_tied(
+        path: &Path,
+        device: &Device,
+        dtype: DType,
+        quantize: Option<GgmlDType>,
+        pack_tied: bool,
+    ) -> Result<Self> {
+        let pack_tied = pack_tied && quantize == Some(GgmlDType::Q8_0) && device.is_cpu();
+        let mut packed: HashMap<String, PackedMatrix> = HashMap::new();
         let corrupt = |e: candle_core::Error| {
             Error::file(
                 path,
@@ -262,6 +311,17 @@ impl Weights {
         let mut quantization = None;
         let mut tensors = HashMap::new();
         let mut add = |name: String, t: Tensor| -> Result<()> {
+            if pack_tied
+                && (name == "model.shared.weight" || name == "shared.weight")
+                && t.rank() == 2
+            {
+                let (out, k) = t.dims2()?;
+                let t = t.to_dtype(DType::F32)?.contiguous()?;
+                if let Some(p) = with_f32_slice(&t, |w| PackedMatrix::quantize_q8_0(w, out, k))? {
+                    packed.insert(name, p);
+                    return Ok(());
+                }
+            }
             if let Some(q) = quantize {
                 if is_projection(&name) && t.rank() == 2 && t.dim(1)?.is_multiple_of(q.block_size())
                 {
@@ -314,10 +374,12 @@ impl Weights {
                 .into_iter()
                 .map(|(k, v)| (prefixed(k), v))
                 .collect();
+            packed = packed.into_iter().map(|(k, v)| (prefixed(k), v)).collect();
         }
         Ok(Weights {
             inner: Arc::new(Inner {
                 tensors,
+                packed,
                 quantized,
                 quantization,
                 path: path.to_path_buf(),
@@ -333,6 +395,7 @@ impl Weights {
         Weights {
             inner: Arc::new(Inner {
                 tensors,
+                packed: HashMap::new(),
                 quantized: HashMap::new(),
                 quantization: None,
                 path: PathBuf::from("<memory>"),
@@ -382,7 +445,14 @@ impl Weights {
     /// Whether `name` (under the prefix) exists.
     pub fn contains(&self, name: &str) -> bool {
         let full = self.full_name(name);
-        self.inner.tensors.contains_key(&full) || self.inner.quantized.contains_key(&full)
+        self.inner.tensors.contains_key(&full)
+            || self.inner.quantized.contains_key(&full)
+            || self.inner.packed.contains_key(&full)
+    }
+
+    /// `name` (under the prefix) if it was packed as it was read.
+    pub fn packed(&self, name: &str) -> Option<PackedMatrix> {
+        self.inner.packed.get(&self.full_name(name)).cloned()
     }
 
     /// Whether `name` is stored quantized (GGUF).

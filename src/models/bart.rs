@@ -299,63 +299,99 @@ impl BartModel {
             w.get(&names[0], &[vocab, d])
         };
         let shared = ["model.shared.weight".to_string()];
-        let encoder_embed = if config.share_encoder_decoder_embeddings {
-            first(
-                &[
-                    shared[0].clone(),
-                    "model.encoder.embed_tokens.weight".into(),
-                ],
-                src_vocab,
-            )?
-        } else {
-            first(
-                &[
-                    "model.encoder.embed_tokens.weight".into(),
-                    shared[0].clone(),
-                ],
-                src_vocab,
-            )?
+        let final_logits_bias = || -> Result<Tensor> {
+            Ok(if w.contains("final_logits_bias") {
+                w.get("final_logits_bias", &[1, tgt_vocab])?
+                    .reshape(tgt_vocab)?
+            } else {
+                tracing::warn!(
+                    "{}: no final_logits_bias; using zeros as transformers does",
+                    w.path().display()
+                );
+                Tensor::zeros(tgt_vocab, w.dtype(), w.device())?
+            })
         };
-        let decoder_embed = if config.share_encoder_decoder_embeddings {
-            encoder_embed.clone()
-        } else {
-            first(&["model.decoder.embed_tokens.weight".into()], tgt_vocab)?
+        // With q8_0 on the CPU a tied table may have been packed as it was read
+        // (Weights::load_quantized_tied): it is then the LM head and both tables.
+        let (encoder_embed, decoder_embed, lm_head, lm_tied) = match w.packed(&shared[0]) {
+            Some(p) => {
+                if p.out_dim() != src_vocab || p.out_dim() != tgt_vocab || p.in_dim() != d {
+                    return Err(Error::file(
+                        w.path(),
+                        format!(
+                            "tensor `{}` is [{}, {}], expected [{src_vocab}, {d}]",
+                            shared[0],
+                            p.out_dim(),
+                            p.in_dim()
+                        ),
+                        "config.json and the weights come from different checkpoints; fetch them again",
+                        None,
+                    ));
+                }
+                let head = Linear::from_packed(p.clone(), Some(final_logits_bias()?))?;
+                (
+                    Table::Packed(p.clone()),
+                    Table::Packed(p),
+                    head,
+                    (true, true),
+                )
+            }
+            None => {
+                let encoder_embed = if config.share_encoder_decoder_embeddings {
+                    first(
+                        &[
+                            shared[0].clone(),
+                            "model.encoder.embed_tokens.weight".into(),
+                        ],
+                        src_vocab,
+                    )?
+                } else {
+                    first(
+                        &[
+                            "model.encoder.embed_tokens.weight".into(),
+                            shared[0].clone(),
+                        ],
+                        src_vocab,
+                    )?
+                };
+                let decoder_embed = if config.share_encoder_decoder_embeddings {
+                    encoder_embed.clone()
+                } else {
+                    first(&["model.decoder.embed_tokens.weight".into()], tgt_vocab)?
+                };
+                let lm_weight = if w.contains("lm_head.weight") && !config.tie_word_embeddings {
+                    w.get("lm_head.weight", &[tgt_vocab, d])?
+                } else {
+                    decoder_embed.clone()
+                };
+                // A quantized file (transum quantize) stores the tied lm_head quantized
+                // under its Hugging Face name; otherwise it is the (tied) float matrix.
+                // Which embedding tables are the LM head's matrix (then, once the head
+                // is packed, they read its rows instead of holding a copy). A quantized
+                // head from a file is the tied table when the config ties them.
+                let head_is_decoder_table = if w.is_quantized("lm_head.weight") {
+                    config.tie_word_embeddings
+                } else {
+                    lm_weight.id() == decoder_embed.id()
+                };
+                let lm_tied = (
+                    head_is_decoder_table && encoder_embed.id() == decoder_embed.id(),
+                    head_is_decoder_table,
+                );
+                let lm_matrix = if w.is_quantized("lm_head.weight") {
+                    w.matmul_weight("lm_head.weight", tgt_vocab, d)?
+                } else {
+                    candle_core::quantized::QMatMul::Tensor(lm_weight)
+                };
+                let lm_head = Linear::from_parts(lm_matrix, Some(final_logits_bias()?));
+                (
+                    Table::Dense(encoder_embed),
+                    Table::Dense(decoder_embed),
+                    lm_head,
+                    lm_tied,
+                )
+            }
         };
-        let lm_weight = if w.contains("lm_head.weight") && !config.tie_word_embeddings {
-            w.get("lm_head.weight", &[tgt_vocab, d])?
-        } else {
-            decoder_embed.clone()
-        };
-        let final_logits_bias = if w.contains("final_logits_bias") {
-            w.get("final_logits_bias", &[1, tgt_vocab])?
-                .reshape(tgt_vocab)?
-        } else {
-            tracing::warn!(
-                "{}: no final_logits_bias; using zeros as transformers does",
-                w.path().display()
-            );
-            Tensor::zeros(tgt_vocab, w.dtype(), w.device())?
-        };
-        // A quantized file (transum quantize) stores the tied lm_head quantized
-        // under its Hugging Face name; otherwise it is the (tied) float matrix.
-        // Which embedding tables are the LM head's matrix (then, once the head
-        // is packed, they read its rows instead of holding a copy). A quantized
-        // head from a file is the tied table when the config ties them.
-        let head_is_decoder_table = if w.is_quantized("lm_head.weight") {
-            config.tie_word_embeddings
-        } else {
-            lm_weight.id() == decoder_embed.id()
-        };
-        let lm_tied = (
-            head_is_decoder_table && encoder_embed.id() == decoder_embed.id(),
-            head_is_decoder_table,
-        );
-        let lm_matrix = if w.is_quantized("lm_head.weight") {
-            w.matmul_weight("lm_head.weight", tgt_vocab, d)?
-        } else {
-            candle_core::quantized::QMatMul::Tensor(lm_weight)
-        };
-        let lm_head = Linear::from_parts(lm_matrix, Some(final_logits_bias));
 
         // transformers 5 does not save the static table and recomputes it; files that
         // carry one (pytorch_model.bin from torch.save) are loaded as transformers
@@ -427,8 +463,8 @@ impl BartModel {
             dtype: w.dtype(),
             device: w.device().clone(),
             config,
-            encoder_embed: Table::Dense(encoder_embed),
-            decoder_embed: Table::Dense(decoder_embed),
+            encoder_embed,
+            decoder_embed,
             encoder_positions,
             decoder_positions,
             encoder_layers,

@@ -134,6 +134,18 @@ impl Linear {
         }
     }
 
+    /// A projection over an already packed weight (e.g. a tied table quantized
+    /// as it was read).
+    pub fn from_packed(packed: PackedMatrix, bias: Option<Tensor>) -> Result<Self> {
+        let device = candle_core::Device::Cpu;
+        Linear {
+            weight: QMatMul::Tensor(Tensor::zeros((0, packed.in_dim()), DType::F32, &device)?),
+            bias,
+            packed: None,
+        }
+        .with_packed(packed, &device)
+    }
+
     /// The same projection with an f32 CPU weight repacked for `crate::matmul`
     /// (measured on the decoder's shapes: 1.1-1.3x candle's gemm, the output
     /// already in [rows, out] with the bias added, and no gemm thread pool

@@ -129,7 +129,11 @@ pub fn transum_env(dir: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str,
             // A run that fails setup exits without reading stdin; the broken
             // pipe is then expected, and its exit status is what is checked.
             if let Err(e) = sin.write_all(s.as_bytes()) {
-                assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing stdin: {e}");
+                assert_eq!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe,
+                    "writing stdin: {e}"
+                );
             }
         }
     }

@@ -166,9 +166,13 @@ fn every_format_is_measured_against_f32() {
         (GgmlDType::Q6K, 0.05),
         (GgmlDType::Q4K, 0.10),
     ] {
+        // Both as Translator::load leaves them on the CPU: packed, and with a
+        // q8_0 head the tied tables read its dequantized rows.
         let (_, f) = wide_model(7);
+        let f = f.pack().unwrap();
         let (_, q) = wide_model(7);
         let (q, done, kept) = q.quantize(dtype).unwrap();
+        let q = q.pack().unwrap();
         assert_eq!(
             (done, kept),
             (2 * 6 + 2 * 10 + 1, 0),
