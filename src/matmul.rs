@@ -288,17 +288,16 @@ impl PackedMatrix {
         let work = |t: usize| {
             let p0 = t * per_task;
             let p1 = (p0 + per_task).min(panels);
-            // Per task, not per panel: zeroing 22 KiB for each of the LM head's
-            // 3,720 panels cost more than the panels' output writes.
-            let mut bufs = Buffers {
-                scratch: [0f32; KC * NR],
-                acc: [[0f32; NR]; MC],
-            };
-            for p in p0..p1 {
-                // SAFETY: panels are disjoint column ranges of `out`, and each
-                // task owns its own panels, so no two threads write one element.
-                unsafe { self.panel_product(&xp, rows, p, bias, out, &mut bufs) };
-            }
+            // One set per thread, reused: zeroing 22 KiB for each of the LM head's
+            // 3,720 panels cost more than the panels' output writes, and even per
+            // task it was 7 MB of memset per beam-search step.
+            BUFFERS.with_borrow_mut(|bufs| {
+                for p in p0..p1 {
+                    // SAFETY: panels are disjoint column ranges of `out`, and each
+                    // task owns its own panels, so no two threads write one element.
+                    unsafe { self.panel_product(&xp, rows, p, bias, out, bufs) };
+                }
+            });
         };
         if rows * n * k < 1 << 16 {
             (0..tasks).for_each(work);
@@ -387,6 +386,14 @@ fn widen_q8(q: &[i8], d: &[f32], out: &mut [f32]) {
         return unsafe { avx2(q, d, out) };
     }
     imp(q, d, out)
+}
+
+thread_local! {
+    /// Each thread's working memory for the packed kernel.
+    static BUFFERS: std::cell::RefCell<Box<Buffers>> = std::cell::RefCell::new(Box::new(Buffers {
+        scratch: [0f32; KC * NR],
+        acc: [[0f32; NR]; MC],
+    }));
 }
 
 /// A task's working memory for [`PackedMatrix::panel_product`].
