@@ -326,24 +326,35 @@ impl PackedMatrix {
         for r0 in (0..rows).step_by(MC) {
             let r1 = (r0 + MC).min(rows);
             let acc = &mut acc[..r1 - r0];
-            acc.fill([0.0; NR]);
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
                 let wblock = self.block(p, k0, kc, scratch);
                 let xblock = &xp[k0 * rows..(k0 + kc) * rows];
                 for t0 in (r0..r1).step_by(MR) {
                     let mr = MR.min(r1 - t0);
+                    // A full panel's last k block goes from registers to `out`
+                    // (bias added); otherwise the sums wait in `acc`.
+                    let fin = (k0 + kc == k && cols == NR).then(|| Final {
+                        out: out.0.add(t0 * n + c0),
+                        ld: n,
+                        bias: bias.map(|b| b[c0..c0 + NR].as_ptr()),
+                    });
                     tile(
                         mr,
                         kc,
                         &xblock[t0 * kc..(t0 + mr) * kc],
                         wblock,
                         &mut acc[t0 - r0..t0 - r0 + mr],
+                        k0 == 0,
+                        fin,
                         // The weight stream's next block (panels are contiguous):
                         // fetched while this one is multiplied.
                         self.next_block(p, k0 + kc),
                     );
                 }
+            }
+            if cols == NR {
+                continue;
             }
             for (r, a) in acc.iter().enumerate() {
                 let o = std::slice::from_raw_parts_mut(out.0.add((r0 + r) * n + c0), cols);
@@ -386,6 +397,15 @@ fn widen_q8(q: &[i8], d: &[f32], out: &mut [f32]) {
         return unsafe { avx2(q, d, out) };
     }
     imp(q, d, out)
+}
+
+/// Where a tile's finished sums go: row r of the tile to `out + r * ld`
+/// (16 floats), plus the 16 biases at `bias`.
+#[derive(Clone, Copy)]
+struct Final {
+    out: *mut f32,
+    ld: usize,
+    bias: Option<*const f32>,
 }
 
 thread_local! {
@@ -449,23 +469,42 @@ fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
     xp
 }
 
-/// `acc[r] += Σ_kk xt[kk][r] * w[kk][..]` for the `mr` rows of one tile.
-fn tile(mr: usize, kc: usize, xt: &[f32], w: &[f32], acc: &mut [[f32; NR]], next: *const f32) {
-    debug_assert!(xt.len() == kc * mr && w.len() == kc * NR && acc.len() == mr);
+/// `acc[r] = (first ? 0 : acc[r]) + Σ_kk xt[kk][r] * w[kk][..]` for the `mr`
+/// rows of one tile; with `fin`, the sums (plus bias) are written there instead.
+///
+/// # Safety
+/// `fin`, when given, points to `mr` rows of 16 writable floats `ld` apart and
+/// 16 readable biases.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    mr: usize,
+    kc: usize,
+    xt: &[f32],
+    w: &[f32],
+    acc: &mut [[f32; NR]],
+    first: bool,
+    fin: Option<Final>,
+    next: *const f32,
+) {
+    assert!(xt.len() == kc * mr && w.len() == kc * NR && acc.len() == mr);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA; the slices hold kc*mr and kc*NR floats.
+        // SAFETY: the CPU has AVX2 and FMA; the slices hold kc*mr and kc*NR
+        // floats; `fin` is the caller's promise.
         unsafe {
             match mr {
-                6 => avx2::tile::<6>(kc, xt, w, acc, next),
-                5 => avx2::tile::<5>(kc, xt, w, acc, next),
-                4 => avx2::tile::<4>(kc, xt, w, acc, next),
-                3 => avx2::tile::<3>(kc, xt, w, acc, next),
-                2 => avx2::tile::<2>(kc, xt, w, acc, next),
-                _ => avx2::tile::<1>(kc, xt, w, acc, next),
+                6 => avx2::tile::<6>(kc, xt, w, acc, first, fin, next),
+                5 => avx2::tile::<5>(kc, xt, w, acc, first, fin, next),
+                4 => avx2::tile::<4>(kc, xt, w, acc, first, fin, next),
+                3 => avx2::tile::<3>(kc, xt, w, acc, first, fin, next),
+                2 => avx2::tile::<2>(kc, xt, w, acc, first, fin, next),
+                _ => avx2::tile::<1>(kc, xt, w, acc, first, fin, next),
             }
         }
         return;
+    }
+    if first {
+        acc.fill([0.0; NR]);
     }
     for kk in 0..kc {
         let wk = &w[kk * NR..(kk + 1) * NR];
@@ -476,26 +515,37 @@ fn tile(mr: usize, kc: usize, xt: &[f32], w: &[f32], acc: &mut [[f32; NR]], next
             }
         }
     }
+    if let Some(f) = fin {
+        for (r, a) in acc.iter().enumerate() {
+            for (j, &v) in a.iter().enumerate() {
+                *f.out.add(r * f.ld + j) = v + f.bias.map_or(0.0, |b| *b.add(j));
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::NR;
+    use super::{Final, NR};
     use std::arch::x86_64::*;
 
     /// The register tile: R rows x 16 features in 2R accumulators.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile<const R: usize>(
+    pub(super) unsafe fn tile<const R: usize>(
         kc: usize,
         xt: &[f32],
         w: &[f32],
         acc: &mut [[f32; NR]],
+        first: bool,
+        fin: Option<Final>,
         next: *const f32,
     ) {
         let mut a = [[_mm256_setzero_ps(); 2]; R];
-        for r in 0..R {
-            a[r][0] = _mm256_loadu_ps(acc[r].as_ptr());
-            a[r][1] = _mm256_loadu_ps(acc[r].as_ptr().add(8));
+        if !first {
+            for r in 0..R {
+                a[r][0] = _mm256_loadu_ps(acc[r].as_ptr());
+                a[r][1] = _mm256_loadu_ps(acc[r].as_ptr().add(8));
+            }
         }
         let (xp, wp) = (xt.as_ptr(), w.as_ptr());
         for kk in 0..kc {
@@ -510,9 +560,24 @@ mod avx2 {
                 ar[1] = _mm256_fmadd_ps(b, w1, ar[1]);
             }
         }
-        for r in 0..R {
-            _mm256_storeu_ps(acc[r].as_mut_ptr(), a[r][0]);
-            _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), a[r][1]);
+        match fin {
+            Some(f) => {
+                let (b0, b1) = match f.bias {
+                    Some(b) => (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8))),
+                    None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+                };
+                for (r, ar) in a.iter().enumerate() {
+                    let o = f.out.add(r * f.ld);
+                    _mm256_storeu_ps(o, _mm256_add_ps(ar[0], b0));
+                    _mm256_storeu_ps(o.add(8), _mm256_add_ps(ar[1], b1));
+                }
+            }
+            None => {
+                for r in 0..R {
+                    _mm256_storeu_ps(acc[r].as_mut_ptr(), a[r][0]);
+                    _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), a[r][1]);
+                }
+            }
         }
     }
 }
