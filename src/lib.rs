@@ -28,5 +28,9 @@ pub mod weights;
 pub use error::{Error, Result};
 pub use translate::{Translation, Translator};
 
-/// The default translation model, pinned for reproducible nightly runs.
+/// The default translation model. Not pinned to a commit in the code: the hub
+/// was unreachable where transum was built, so the commit could not be learned.
+/// A run is still reproducible: hf-hub reuses the first download's snapshot
+/// (until `transum download --force`), and the manifest records the resolved
+/// commit; `--model Helsinki-NLP/opus-mt-fr-en@<commit>` pins one explicitly.
 pub const DEFAULT_MODEL: &str = "Helsinki-NLP/opus-mt-fr-en";
