@@ -89,33 +89,13 @@ impl PackedMatrix {
         if !k.is_multiple_of(Q8_BLOCK) || blocks.len() != out * nb * BYTES {
             return None;
         }
-        let panels = out.div_ceil(NR);
-        let mut q = vec![0i8; panels * k * NR];
-        let mut d = vec![0f32; panels * nb * NR];
-        q.par_chunks_mut(k * NR)
-            .zip(d.par_chunks_mut(nb * NR))
-            .enumerate()
-            .for_each(|(p, (qp, dp))| {
-                for j in 0..NR.min(out - p * NR) {
-                    let row = &blocks[(p * NR + j) * nb * BYTES..(p * NR + j + 1) * nb * BYTES];
-                    for (b, block) in row.chunks_exact(BYTES).enumerate() {
-                        let scale = half::f16::from_le_bytes([block[0], block[1]]);
-                        dp[b * NR + j] = scale.to_f32();
-                        for (i, &v) in block[2..].iter().enumerate() {
-                            qp[(b * Q8_BLOCK + i) * NR + j] = v as i8;
-                        }
-                    }
-                }
-            });
-        Some(PackedMatrix {
-            data: Panels::Q8 {
-                q: Arc::new(q),
-                d: Arc::new(d),
-            },
-            first_panel: 0,
-            out,
-            k,
-        })
+        Some(Self::build_q8_0(out, k, |row, b, qs| {
+            let block = &blocks[(row * nb + b) * BYTES..(row * nb + b + 1) * BYTES];
+            for (q, &v) in qs.iter_mut().zip(&block[2..]) {
+                *q = v as i8;
+            }
+            half::f16::from_le_bytes([block[0], block[1]]).to_f32()
+        }))
     }
 
     /// Quantize a row-major f32 [out, k] matrix to q8_0 straight into panels,
@@ -128,6 +108,25 @@ impl PackedMatrix {
         if !k.is_multiple_of(Q8_BLOCK) {
             return None;
         }
+        Some(Self::build_q8_0(out, k, |row, b, qs| {
+            let xs = &w[row * k + b * Q8_BLOCK..row * k + (b + 1) * Q8_BLOCK];
+            let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            for (q, &x) in qs.iter_mut().zip(xs) {
+                *q = (x * inv).round() as i8;
+            }
+            half::f16::from_f32(scale).to_f32()
+        }))
+    }
+
+    /// q8_0 panels filled by `block(row, b, values)`, which writes block `b`
+    /// (k = 32b..32b+32) of weight row `row` and returns its scale.
+    fn build_q8_0(
+        out: usize,
+        k: usize,
+        block: impl Fn(usize, usize, &mut [i8; Q8_BLOCK]) -> f32 + Sync,
+    ) -> Self {
         let nb = k / Q8_BLOCK;
         let panels = out.div_ceil(NR);
         let mut q = vec![0i8; panels * k * NR];
@@ -136,20 +135,17 @@ impl PackedMatrix {
             .zip(d.par_chunks_mut(nb * NR))
             .enumerate()
             .for_each(|(p, (qp, dp))| {
+                let mut qs = [0i8; Q8_BLOCK];
                 for j in 0..NR.min(out - p * NR) {
-                    let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
-                    for (b, xs) in row.chunks_exact(Q8_BLOCK).enumerate() {
-                        let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
-                        let scale = amax / 127.0;
-                        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-                        dp[b * NR + j] = half::f16::from_f32(scale).to_f32();
-                        for (i, &x) in xs.iter().enumerate() {
-                            qp[(b * Q8_BLOCK + i) * NR + j] = (x * inv).round() as i8;
+                    for b in 0..nb {
+                        dp[b * NR + j] = block(p * NR + j, b, &mut qs);
+                        for (i, &v) in qs.iter().enumerate() {
+                            qp[(b * Q8_BLOCK + i) * NR + j] = v;
                         }
                     }
                 }
             });
-        Some(PackedMatrix {
+        PackedMatrix {
             data: Panels::Q8 {
                 q: Arc::new(q),
                 d: Arc::new(d),
@@ -157,7 +153,7 @@ impl PackedMatrix {
             first_panel: 0,
             out,
             k,
-        })
+        }
     }
 
     /// Whether the weights are q8_0.

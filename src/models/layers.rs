@@ -867,7 +867,6 @@ impl Attention {
         kv: &KeyValue,
         mask: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
-        use rayon::prelude::*;
         if !q.device().is_cpu() || q.dtype() != DType::F32 {
             return Ok(None);
         }
@@ -891,29 +890,16 @@ impl Attention {
             },
             None => None,
         };
-        let (qd, kd, vd) = (qv.slice(), kv_.slice(), vv.slice());
         let md = mv.as_ref().map(CpuView::slice);
-        let mut out = vec![0f32; b * t * h * hd];
-        out.par_chunks_mut(t * h * hd)
-            .enumerate()
-            .for_each(|(bi, o)| {
-                let mut scores = vec![0f32; t * s];
-                crate::kernels::attend_rows(
-                    &qd[bi * h * t * hd..(bi + 1) * h * t * hd],
-                    &kd[bi * h * s * hd..(bi + 1) * h * s * hd],
-                    &vd[bi * h * s * hd..(bi + 1) * h * s * hd],
-                    md.map(|m| &m[bi * s..(bi + 1) * s]),
-                    h,
-                    t,
-                    s,
-                    hd,
-                    s * hd,
-                    scale,
-                    &mut scores,
-                    o,
-                );
-            });
-        Ok(Some(Tensor::from_vec(out, (b, t, h * hd), q.device())?))
+        let kv_row = h * s * hd;
+        Ok(Some(attend_rows_parallel(
+            qv.slice(),
+            (kv_.slice(), vv.slice(), kv_row, s * hd),
+            md,
+            (b, h, t, s, hd),
+            scale,
+            q.device(),
+        )?))
     }
 
     /// Self-attention over `x` ([b, t, d]); with `cache`, new K/V are appended to it
@@ -1000,35 +986,18 @@ impl Attention {
     /// Queries [rows, heads, t, hd] over a host cache, as the context [rows, t, d]
     /// before the out projection.
     fn attend_host(&self, q: &Tensor, cache: &HostCache) -> Result<Tensor> {
-        use rayon::prelude::*;
         let (b, h, t, hd) = q.dims4()?;
         let q = q.contiguous()?;
         let qv = CpuView::new(&q).expect("checked: contiguous f32 on the CPU");
         let qd = qv.slice();
-        let (s, cap) = (cache.len, cache.cap);
-        let row_len = cache.row_len();
-        let scale = self.scaling as f32;
-        let mut out = vec![0f32; b * t * h * hd];
-        out.par_chunks_mut(t * h * hd)
-            .enumerate()
-            .for_each(|(bi, o)| {
-                let mut scores = vec![0f32; t * s];
-                crate::kernels::attend_rows(
-                    &qd[bi * h * t * hd..(bi + 1) * h * t * hd],
-                    &cache.k[bi * row_len..(bi + 1) * row_len],
-                    &cache.v[bi * row_len..(bi + 1) * row_len],
-                    None,
-                    h,
-                    t,
-                    s,
-                    hd,
-                    cap * hd,
-                    scale,
-                    &mut scores,
-                    o,
-                );
-            });
-        Ok(Tensor::from_vec(out, (b, t, h * hd), q.device())?)
+        attend_rows_parallel(
+            qd,
+            (&cache.k, &cache.v, cache.row_len(), cache.cap * hd),
+            None,
+            (b, h, t, cache.len, hd),
+            self.scaling as f32,
+            q.device(),
+        )
     }
 
     /// Cross-attention of `x` ([rows, t, d]) over encoder K/V held once per item
@@ -1052,6 +1021,43 @@ impl Attention {
         let out = self.attend(&q, kv, Some(mask))?;
         Ok(out.reshape((rows, t, d))?)
     }
+}
+
+/// Decode attention (`kernels::attend_rows`) for `b` rows in parallel, as the
+/// context [b, t, heads * hd]. Row i's queries are `q[i*h*t*hd..]`; its keys
+/// and values start at `kv.0/kv.1[i * kv.2..]` with heads `kv.3` floats apart;
+/// its additive mask, if any, is `mask[i*s..]`.
+fn attend_rows_parallel(
+    q: &[f32],
+    kv: (&[f32], &[f32], usize, usize),
+    mask: Option<&[f32]>,
+    (b, h, t, s, hd): (usize, usize, usize, usize, usize),
+    scale: f32,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (k, v, row, stride) = kv;
+    let mut out = vec![0f32; b * t * h * hd];
+    out.par_chunks_mut(t * h * hd)
+        .enumerate()
+        .for_each(|(bi, o)| {
+            let mut scores = vec![0f32; t * s];
+            crate::kernels::attend_rows(
+                &q[bi * h * t * hd..(bi + 1) * h * t * hd],
+                &k[bi * row..(bi + 1) * row],
+                &v[bi * row..(bi + 1) * row],
+                mask.map(|m| &m[bi * s..(bi + 1) * s]),
+                h,
+                t,
+                s,
+                hd,
+                stride,
+                scale,
+                &mut scores,
+                o,
+            );
+        });
+    Ok(Tensor::from_vec(out, (b, t, h * hd), device)?)
 }
 
 /// The additive padding mask [b, 1, 1, s]: 0 for tokens, dtype-min for padding
