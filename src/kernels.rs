@@ -1,4 +1,5 @@
-//! Small CPU kernels for the decode hot path, where candle's general ops cost
+//! Small CPU kernels for the decode hot path (plus `CpuView`, the borrowed f32
+//! data of a CPU tensor that they and the packed matmul read), where candle's general ops cost
 //! more in dispatch than in arithmetic: single-query attention (one gemm call
 //! per row and head in candle) and row-wise log-softmax over the vocabulary.
 //!
@@ -6,6 +7,52 @@
 //! plain, and with AVX2+FMA enabled, picked at run time. The loops are written
 //! with independent accumulators so that LLVM vectorizes them; results agree
 //! with torch to float32 rounding (summation order differs).
+
+/// Read access to the f32 data of a contiguous CPU tensor.
+pub(crate) struct CpuView<'a> {
+    guard: Box<dyn std::ops::Deref<Target = candle_core::Storage> + 'a>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> CpuView<'a> {
+    /// None unless `t` is a contiguous f32 tensor on the CPU.
+    pub(crate) fn new(t: &'a candle_core::Tensor) -> Option<Self> {
+        let (guard, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        match &*guard {
+            candle_core::Storage::Cpu(cpu) if cpu.as_slice::<f32>().is_ok() => Some(CpuView {
+                guard: Box::new(guard),
+                start,
+                end,
+            }),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn slice(&self) -> &[f32] {
+        match &**self.guard {
+            candle_core::Storage::Cpu(cpu) => {
+                &cpu.as_slice::<f32>().expect("checked in new")[self.start..self.end]
+            }
+            _ => unreachable!("checked in new"),
+        }
+    }
+}
+
+/// `f` over the f32 data of a CPU tensor: in place when contiguous, else a copy.
+pub(crate) fn with_f32<R>(
+    t: &candle_core::Tensor,
+    f: impl FnOnce(&[f32]) -> R,
+) -> crate::error::Result<R> {
+    if let Some(v) = CpuView::new(t) {
+        return Ok(f(v.slice()));
+    }
+    Ok(f(&t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?))
+}
 
 #[inline(always)]
 fn dot_impl(a: &[f32], b: &[f32]) -> f32 {

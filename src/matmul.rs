@@ -243,15 +243,8 @@ impl PackedMatrix {
         w
     }
 
-    /// `out = x Wᵀ (+ bias)` for row-major `x` [rows, k]; `out` is [rows, out].
-    pub fn matmul(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, out: &mut [f32]) {
-        assert_eq!(out.len(), rows * self.out, "out is [rows, out]");
-        // SAFETY: `out` holds rows * self.out floats.
-        unsafe { self.matmul_raw(x, rows, bias, SendPtr(out.as_mut_ptr())) }
-    }
-
-    /// [`Self::matmul`] into a fresh vector, written once without zeroing it
-    /// first (the LM head's output is 15 MB per step at 64 rows).
+    /// `x Wᵀ (+ bias)` for row-major `x` [rows, k], as [rows, out], written once
+    /// without zeroing it first (the LM head's output is 15 MB per step at 64 rows).
     pub fn matmul_vec(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
         let len = rows * self.out;
         let mut out = Vec::<f32>::with_capacity(len);
@@ -641,8 +634,7 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
             let p = PackedMatrix::pack(&w, n, k);
             assert_eq!(p.unpack(), w);
-            let mut out = vec![f32::NAN; rows * n];
-            p.matmul(&x, rows, Some(&b), &mut out);
+            let out = p.matmul_vec(&x, rows, Some(&b));
             let want = reference(&x, &w, Some(&b), rows, n, k);
             for (i, (&o, &e)) in out.iter().zip(&want).enumerate() {
                 assert!(
@@ -653,8 +645,7 @@ mod tests {
             // A view on a panel boundary computes the same columns.
             if n > NR {
                 let v = p.rows(NR, n - NR).unwrap();
-                let mut part = vec![0f32; rows * (n - NR)];
-                v.matmul(&x, rows, None, &mut part);
+                let part = v.matmul_vec(&x, rows, None);
                 for r in 0..rows {
                     for j in 0..n - NR {
                         let e = want[r * n + NR + j] - b[NR + j] as f64;

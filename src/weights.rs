@@ -169,21 +169,6 @@ fn read_safetensors(path: &Path, sink: &mut dyn FnMut(String, Tensor) -> Result<
     Ok(())
 }
 
-/// `f` over the data of a float32 CPU tensor, in place when it is contiguous.
-fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let (candle_core::Storage::Cpu(cpu), Some((a, b))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            if let Ok(data) = cpu.as_slice::<f32>() {
-                return Ok(f(&data[a..b]));
-            }
-        }
-    }
-    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
-}
-
 /// Whether `name` is a projection weight (what quantization applies to).
 pub fn is_projection(name: &str) -> bool {
     name == "lm_head.weight"
@@ -316,8 +301,9 @@ impl Weights {
                 && t.rank() == 2
             {
                 let (out, k) = t.dims2()?;
-                let t = t.to_dtype(DType::F32)?.contiguous()?;
-                if let Some(p) = with_f32_slice(&t, |w| PackedMatrix::quantize_q8_0(w, out, k))? {
+                if let Some(p) =
+                    crate::kernels::with_f32(&t, |w| PackedMatrix::quantize_q8_0(w, out, k))?
+                {
                     packed.insert(name, p);
                     return Ok(());
                 }

@@ -114,25 +114,10 @@ struct BeamItem {
     min_margin: f32,
 }
 
-/// The `k` best (score, index) pairs, best first; ties keep the lower index first.
-fn top_k(values: impl Iterator<Item = f32>, k: usize) -> Vec<(f32, usize)> {
-    let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
-    for (i, v) in values.enumerate() {
-        // `v <= worst` written so that NaN (never produced) is skipped too.
-        if best.len() == k && v.partial_cmp(&best[k - 1].0) != Some(std::cmp::Ordering::Greater) {
-            continue;
-        }
-        let pos = best.partition_point(|&(b, _)| b >= v);
-        best.insert(pos, (v, i));
-        best.truncate(k);
-    }
-    best
-}
-
-/// [`top_k`] over a slice, skipping 16-value chunks that cannot enter the
-/// list (almost all of a vocabulary-sized row): same result, a fraction of the
-/// comparisons.
-fn top_k_slice(values: &[f32], k: usize) -> Vec<(f32, usize)> {
+/// The `k` best (score, index) pairs, best first; ties keep the lower index
+/// first. 16-value chunks that cannot enter the list (almost all of a
+/// vocabulary-sized row) are skipped after one max.
+fn top_k(values: &[f32], k: usize) -> Vec<(f32, usize)> {
     const CHUNK: usize = 16;
     let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
     for (c, chunk) in values.chunks(CHUNK).enumerate() {
@@ -252,7 +237,7 @@ fn beam<M: Seq2Seq>(
             .map(|(pos, item)| {
                 let item: &mut BeamItem = item;
                 let log_probs = &logits[pos * nb * vocab..(pos + 1) * nb * vocab];
-                let cands = top_k_slice(log_probs, n_cand + 1);
+                let cands = top_k(log_probs, n_cand + 1);
                 for w in cands.windows(2) {
                     if w[1].0 > NEG / 2.0 {
                         item.min_margin = item.min_margin.min(w[0].0 - w[1].0);
@@ -273,7 +258,7 @@ fn beam<M: Seq2Seq>(
                     .iter()
                     .map(|&(s, _, _, hit)| if hit { s + NEG } else { s })
                     .collect();
-                let chosen = top_k(adjusted.iter().copied(), nb);
+                let chosen = top_k(&adjusted, nb);
                 let new_running: Vec<(Vec<u32>, f32)> = chosen
                     .iter()
                     .map(|&(s, c)| {
@@ -304,7 +289,8 @@ fn beam<M: Seq2Seq>(
                     h.push(token);
                     merged.push((h, score, did_finish));
                 }
-                let keep = top_k(merged.iter().map(|m| m.1), nb);
+                let scores: Vec<f32> = merged.iter().map(|m| m.1).collect();
+                let keep = top_k(&scores, nb);
                 let mut slots: Vec<Option<(Vec<u32>, f32, bool)>> =
                     merged.into_iter().map(Some).collect();
                 item.finished = keep

@@ -10,6 +10,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
 use crate::error::{Error, Result};
+use crate::kernels::{with_f32, CpuView};
 use crate::matmul::PackedMatrix;
 use crate::weights::Weights;
 
@@ -60,38 +61,6 @@ fn append_rows(old: &Tensor, reorder: Option<&[u32]>, new: &Tensor) -> Result<Te
         None => old.clone(),
     };
     Ok(Tensor::cat(&[&old, new], 2)?)
-}
-
-/// Read access to the f32 data of a contiguous CPU tensor.
-struct CpuView<'a> {
-    guard: Box<dyn std::ops::Deref<Target = candle_core::Storage> + 'a>,
-    start: usize,
-    end: usize,
-}
-
-impl<'a> CpuView<'a> {
-    /// None unless `t` is a contiguous f32 tensor on the CPU.
-    fn new(t: &'a Tensor) -> Option<Self> {
-        let (guard, layout) = t.storage_and_layout();
-        let (start, end) = layout.contiguous_offsets()?;
-        match &*guard {
-            candle_core::Storage::Cpu(cpu) if cpu.as_slice::<f32>().is_ok() => Some(CpuView {
-                guard: Box::new(guard),
-                start,
-                end,
-            }),
-            _ => None,
-        }
-    }
-
-    fn slice(&self) -> &[f32] {
-        match &**self.guard {
-            candle_core::Storage::Cpu(cpu) => {
-                &cpu.as_slice::<f32>().expect("checked in new")[self.start..self.end]
-            }
-            _ => unreachable!("checked in new"),
-        }
-    }
 }
 
 /// Up to this many rows, `Linear` computes `(W·xᵀ)ᵀ` (see `Linear::forward`).
@@ -157,11 +126,8 @@ impl Linear {
         let (packed, device) = match &self.weight {
             QMatMul::Tensor(w) if w.device().is_cpu() && w.dtype() == DType::F32 => {
                 let (out, k) = w.dims2()?;
-                // Read the weight in place when it is contiguous: the LM head is 122 MB.
-                let packed = match CpuView::new(w) {
-                    Some(v) => PackedMatrix::pack(v.slice(), out, k),
-                    None => PackedMatrix::pack(&w.flatten_all()?.to_vec1::<f32>()?, out, k),
-                };
+                // Read in place when contiguous: the LM head is 122 MB.
+                let packed = with_f32(w, |v| PackedMatrix::pack(v, out, k))?;
                 (packed, w.device().clone())
             }
             // q8_0 keeps its exact int8 values and scales; candle 0.11 multiplies
@@ -312,12 +278,6 @@ impl Linear {
     /// fastest for a huge `out` (1.6x at 16 rows); the LM head adds its bias on
     /// the host while transposing.
     pub fn forward_transposed_no_bias(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = self.packed_forward(x, false)? {
-            let (rows, out) = (x.dim(0)?, y.len() / x.dim(0)?.max(1));
-            return Ok(Tensor::from_vec(y, (rows, out), x.device())?
-                .t()?
-                .contiguous()?);
-        }
         Ok(match &self.weight {
             QMatMul::Tensor(w) if x.device().is_cpu() => w.matmul(&x.t()?)?,
             _ => self.weight.forward(x)?.t()?.contiguous()?,
@@ -327,14 +287,6 @@ impl Linear {
     /// The bias, if any.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
-    }
-
-    /// The dense float weight, if it is one (not packed, not quantized).
-    pub fn dense_tensor(&self) -> Option<&Tensor> {
-        match (&self.packed, &self.weight) {
-            (None, QMatMul::Tensor(w)) => Some(w),
-            _ => None,
-        }
     }
 
     /// The packed weight, if any.
@@ -364,13 +316,11 @@ impl Linear {
         // q8_0 on the CPU goes straight into the packed kernel's panels, read in
         // place (candle's quantize would copy the f32 matrix twice first).
         if dtype == GgmlDType::Q8_0 && w.device().is_cpu() && w.dtype() == DType::F32 {
-            if let Some(v) = CpuView::new(w) {
-                let (out, k) = w.dims2()?;
-                let Some(p) = PackedMatrix::quantize_q8_0(v.slice(), out, k) else {
-                    return Ok(None);
-                };
-                return Ok(Some(self.with_packed(p, w.device())?));
-            }
+            let (out, k) = w.dims2()?;
+            return match with_f32(w, |v| PackedMatrix::quantize_q8_0(v, out, k))? {
+                Some(p) => Ok(Some(self.with_packed(p, w.device())?)),
+                None => Ok(None),
+            };
         }
         if !w.dim(1)?.is_multiple_of(dtype.block_size()) {
             return Ok(None);
