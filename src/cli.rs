@@ -175,6 +175,11 @@ pub struct RunArgs {
     /// If another run is using the outputs directory, wait for it instead of exiting.
     #[arg(long)]
     pub wait: bool,
+
+    /// Delete the outputs of articles no longer in the corpus. Without it they are
+    /// kept, listed in the manifest as orphaned_outputs, and never summarized.
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Debug, Args)]
@@ -199,9 +204,18 @@ pub struct SearchArgs {
     #[arg(long)]
     pub beams: Option<usize>,
 
-    /// Maximum generated tokens per unit. Default: the checkpoint's max_length.
+    /// Maximum generated tokens per unit, exactly (the relative cap then steps aside).
+    /// Default: the checkpoint's max_length, bounded by the decoder's positions and
+    /// by --max-length-factor.
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
+
+    /// Cap each unit's new tokens at ceil(F x source tokens) + 5, as marian-decoder's
+    /// --max-length-factor does: a model that loops on a scraped fragment is stopped
+    /// early instead of running to max_length. Outputs cut by a limit are counted in
+    /// the manifest. 0 turns the cap off (transformers' exact lengths).
+    #[arg(long, value_name = "F", default_value_t = transum::generation::DEFAULT_LENGTH_FACTOR, conflicts_with = "max_new_tokens")]
+    pub max_length_factor: f64,
 
     /// Minimum generated tokens per unit (EOS is suppressed before that).
     #[arg(long)]
@@ -221,6 +235,7 @@ impl SearchArgs {
             num_beams: self.beams,
             max_new_tokens: self.max_new_tokens,
             min_new_tokens: self.min_new_tokens,
+            max_length_factor: Some(self.max_length_factor),
             ..Default::default()
         })
     }
@@ -465,6 +480,7 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         max_words: args.summary.max_words,
         force: args.force,
         wait: args.wait,
+        prune: args.prune,
     };
     let spinner = std::cell::RefCell::new(None::<ProgressBar>);
     let manifest = transum::pipeline::run(
@@ -540,6 +556,19 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         manifest.tokens_per_second,
         args.outputs.join("manifest.json").display()
     );
+    let mut cuts = std::collections::BTreeMap::<&str, usize>::new();
+    for a in &manifest.articles {
+        for (limit, n) in &a.cut_segments {
+            *cuts.entry(limit.as_str()).or_default() += n;
+        }
+    }
+    if !cuts.is_empty() {
+        eprintln!(
+            "{} segment(s) stopped at a length limit ({}); see cut_segments in the manifest",
+            cuts.values().sum::<usize>(),
+            describe_cuts(&cuts)
+        );
+    }
     let summary_failed = match &manifest.summary {
         Some(s) if s.status != "failed" => {
             eprintln!(
@@ -579,6 +608,14 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::from(1))
+}
+
+/// "positions: 2, source_factor: 1".
+fn describe_cuts(cuts: &std::collections::BTreeMap<&str, usize>) -> String {
+    cuts.iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn download(args: DownloadArgs) -> Result<ExitCode> {
@@ -637,18 +674,41 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
     let (translator, _) = load_translator(&args.model, &args.search)?;
 
     let lines: Vec<&str> = text.lines().collect();
-    // Units per line: the whole line, or its sentences.
-    let units: Vec<Vec<&str>> = lines
-        .iter()
-        .map(|l| match args.segment {
-            Segment::Lines => vec![*l],
-            Segment::Sentences => transum::text::split_sentences(l),
-        })
-        .collect();
-    let flat: Vec<&str> = units.iter().flatten().copied().collect();
+    let name = if args.input == "-" {
+        "<stdin>"
+    } else {
+        args.input.as_str()
+    };
+    let window = translator.model.config().max_position_embeddings;
+    // Units per line: the whole line, or its sentences; a unit longer than the
+    // encoder's window is cut at its best boundaries and rejoined on its line.
+    let mut units: Vec<usize> = Vec::with_capacity(lines.len());
+    let mut encoded = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        let parts = match args.segment {
+            Segment::Lines => vec![*line],
+            Segment::Sentences => transum::text::split_sentences(line),
+        };
+        let before = encoded.len();
+        for part in parts {
+            let pieces = translator
+                .encode_to_fit(part)
+                .with_context(|| format!("{name}: line {}", n + 1))?;
+            if pieces.len() > 1 {
+                tracing::warn!(
+                    "{name}: line {}: {} tokens exceed the model's {window}-token window; translated in {} pieces",
+                    n + 1,
+                    pieces.iter().map(|p| p.1.len()).sum::<usize>(),
+                    pieces.len()
+                );
+            }
+            encoded.extend(pieces.into_iter().map(|p| p.1));
+        }
+        units.push(encoded.len() - before);
+    }
 
     let bar = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(flat.len() as u64);
+        let bar = ProgressBar::new(encoded.len() as u64);
         bar.set_style(
             ProgressStyle::with_template(
                 "{spinner} translating [{bar:30}] {pos}/{len} units, {elapsed} elapsed, eta {eta}",
@@ -660,14 +720,25 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
     } else {
         ProgressBar::hidden()
     };
-    let out = translator.translate_with_progress(&flat, |n| bar.inc(n as u64))?;
+    let out = translator.translate_encoded(encoded, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
+    let mut cuts = std::collections::BTreeMap::<&str, usize>::new();
+    for limit in out.iter().filter_map(|t| t.hypothesis.cut) {
+        *cuts.entry(limit.name()).or_default() += 1;
+    }
+    if !cuts.is_empty() {
+        eprintln!(
+            "{name}: {} of {} unit(s) stopped at a length limit ({})",
+            cuts.values().sum::<usize>(),
+            out.len(),
+            describe_cuts(&cuts)
+        );
+    }
 
     let mut next = out.into_iter();
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    for line_units in &units {
-        let parts: Vec<String> = line_units
-            .iter()
+    for &count in &units {
+        let parts: Vec<String> = (0..count)
             .map(|_| next.next().expect("one result per unit").text)
             .collect();
         writeln!(stdout, "{}", parts.join(" ")).context("cannot write to stdout")?;

@@ -80,6 +80,20 @@ impl Error {
         }
     }
 
+    /// This error, found in `path`: a setting error becomes a file error naming
+    /// it (a config field the file holds); other errors are unchanged.
+    pub fn in_file(self, path: impl AsRef<Path>) -> Self {
+        match self {
+            Error::Setting { what, hint } => Error::File {
+                path: path.as_ref().to_path_buf(),
+                what,
+                hint,
+                source: None,
+            },
+            e => e,
+        }
+    }
+
     /// Input that cannot be processed as given.
     pub fn input(what: impl Into<String>, hint: impl Into<String>) -> Self {
         Error::Input {

@@ -38,13 +38,17 @@ pub fn tokenizer_file_sets(model_type: &str) -> &'static [&'static [&'static str
     }
 }
 
-/// `model_type` of a config.json.
+/// `model_type` of a config.json, checked to be one transum runs (an
+/// unsupported one is named as such, not as a tokenizer file it lacks).
 fn model_type(config: &Path) -> Result<String> {
     let v = crate::tokenizer::read_json(config)?;
-    Ok(v.get("model_type")
+    let t = v
+        .get("model_type")
         .and_then(|t| t.as_str())
         .unwrap_or_default()
-        .to_string())
+        .to_string();
+    crate::models::bart::Arch::for_model_type(&t).map_err(|e| e.in_file(config))?;
+    Ok(t)
 }
 
 fn describe_sets(sets: &[&[&str]]) -> String {

@@ -37,6 +37,9 @@ pub struct RunOptions {
     pub force: bool,
     /// Wait for another run holding `outputs/` instead of failing.
     pub wait: bool,
+    /// Delete the outputs of articles no longer in the corpus (else they are
+    /// kept, listed in the manifest as `orphaned_outputs`, and never summarized).
+    pub prune: bool,
 }
 
 /// The model's identity for the manifest.
@@ -68,6 +71,10 @@ pub struct ArticleRecord {
     pub source_tokens: usize,
     pub output_tokens: usize,
     pub dropped_lines: Vec<usize>,
+    /// Segments whose translation reached a length limit, by the bound that
+    /// stopped it (`positions`, `source_factor`, `checkpoint`, `requested`).
+    #[serde(default)]
+    pub cut_segments: BTreeMap<String, usize>,
     /// sha256 of the output file as written.
     #[serde(default)]
     pub output_sha256: Option<String>,
@@ -91,6 +98,9 @@ pub struct Manifest {
     pub generation: crate::generation::GenerationOptions,
     pub batch_tokens: usize,
     pub articles: Vec<ArticleRecord>,
+    /// Output files in the outputs directory whose article is no longer in the
+    /// corpus: kept (unless `--prune`), but not current, and never summarized.
+    pub orphaned_outputs: Vec<String>,
     /// The summary stage (absent when the run made no summary).
     pub summary: Option<crate::summary::SummaryRecord>,
     pub seconds: f64,
@@ -177,7 +187,7 @@ pub fn list_corpus(corpus: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Translate one article's text into English paragraphs.
+/// The bytes of one article, or an error naming it.
 fn read_article(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         let what = if path.is_dir() {
@@ -194,6 +204,8 @@ fn read_article(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
+/// Translate one article's bytes into English paragraphs, recording counts
+/// (sentences, segments, tokens, cuts) in `rec`.
 fn translate_article(
     translator: &Translator,
     path: &Path,
@@ -213,51 +225,29 @@ fn translate_article(
         ));
     }
     let window = translator.model.config().max_position_embeddings;
-    // Each segment is encoded once: the window check's encodings are kept and
-    // handed to the translator.
-    let encoded = std::cell::RefCell::new(std::collections::HashMap::<String, Vec<u32>>::new());
-    let count = |s: &str| {
-        if let Some(ids) = encoded.borrow().get(s) {
-            return ids.len();
-        }
-        match translator.encode_unit(s) {
-            Ok(ids) => {
-                let n = ids.len();
-                encoded.borrow_mut().insert(s.to_string(), ids);
-                n
-            }
-            Err(_) => usize::MAX,
-        }
-    };
     // Units per paragraph: sentences, each split further if it exceeds the window.
     let mut units: Vec<Vec<String>> = Vec::with_capacity(cleaned.paragraphs.len());
+    let mut ids = Vec::new();
     for p in &cleaned.paragraphs {
         let mut u = Vec::new();
         for s in crate::text::split_sentences(p) {
             rec.sentences += 1;
-            let pieces = ingest::split_to_fit(s, window, &count);
+            let pieces = translator.encode_to_fit(s)?;
             if pieces.len() > 1 {
                 tracing::warn!(
-                    "{}: a sentence of {} tokens exceeds the model's {window}-token window; split into {} segments",
+                    "{}: a sentence exceeds the model's {window}-token window; split into {} segments",
                     path.display(),
-                    count(s),
                     pieces.len()
                 );
             }
-            u.extend(pieces);
+            for (text, encoded) in pieces {
+                u.push(text);
+                ids.push(encoded);
+            }
         }
         units.push(u);
     }
     rec.paragraphs = units.len();
-    let mut memo = encoded.into_inner();
-    let ids = units
-        .iter()
-        .flatten()
-        .map(|u| match memo.remove(u) {
-            Some(ids) => Ok(ids),
-            None => translator.encode_unit(u),
-        })
-        .collect::<Result<Vec<_>>>()?;
     rec.segments = ids.len();
     let total = ids.len();
     let mut done = 0;
@@ -267,6 +257,11 @@ fn translate_article(
     })?;
     rec.source_tokens = out.iter().map(|t| t.source_ids.len()).sum();
     rec.output_tokens = out.iter().map(|t| t.hypothesis.tokens.len()).sum();
+    for limit in out.iter().filter_map(|t| t.hypothesis.cut) {
+        *rec.cut_segments
+            .entry(limit.name().to_string())
+            .or_default() += 1;
+    }
     let mut it = out.into_iter();
     let paragraphs: Vec<String> = units
         .iter()
@@ -293,6 +288,7 @@ pub fn output_name(source: &Path) -> String {
 struct Previous {
     articles: BTreeMap<String, ArticleRecord>,
     summary: Option<crate::summary::SummaryRecord>,
+    orphaned_outputs: Vec<String>,
 }
 
 /// Read outputs/manifest.json, if a usable one is there (anything else means
@@ -310,7 +306,15 @@ fn previous_manifest(outputs: &Path) -> Option<Previous> {
     let summary = v
         .get("summary")
         .and_then(|s| serde_json::from_value(s.clone()).ok());
-    Some(Previous { articles, summary })
+    let orphaned_outputs = v
+        .get("orphaned_outputs")
+        .and_then(|o| serde_json::from_value(o.clone()).ok())
+        .unwrap_or_default();
+    Some(Previous {
+        articles,
+        summary,
+        orphaned_outputs,
+    })
 }
 
 /// Whether `path` holds exactly the bytes whose sha256 is `want`.
@@ -333,6 +337,51 @@ fn remove_stale_temporaries(outputs: &Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// Outputs of articles that were in an earlier run's corpus and are not in
+/// this one (known from the previous manifest, so files transum did not write
+/// are never touched), still on disk; deleted when `prune`.
+fn orphans(
+    outputs: &Path,
+    articles: &[PathBuf],
+    previous: Option<&Previous>,
+    prune: bool,
+) -> Vec<String> {
+    let Some(previous) = previous else {
+        return Vec::new();
+    };
+    let current: std::collections::BTreeSet<String> =
+        articles.iter().map(|p| output_name(p)).collect();
+    let mut names: std::collections::BTreeSet<String> = previous
+        .articles
+        .values()
+        .filter_map(|a| a.output.clone())
+        .chain(previous.orphaned_outputs.iter().cloned())
+        .filter(|n| !current.contains(n))
+        // Only plain names of files in outputs/: never a path elsewhere.
+        .filter(|n| Path::new(n).file_name().is_some_and(|f| f == n.as_str()))
+        .filter(|n| outputs.join(n).is_file())
+        .collect();
+    if prune {
+        names.retain(|n| match std::fs::remove_file(outputs.join(n)) {
+            Ok(()) => {
+                tracing::info!("removed {n}: its article is no longer in the corpus");
+                false
+            }
+            Err(e) => {
+                tracing::warn!("{n}: its article is gone but the file cannot be removed: {e}");
+                true
+            }
+        });
+    } else if !names.is_empty() {
+        tracing::warn!(
+            "{} output(s) of articles no longer in the corpus are kept but not summarized ({}); --prune deletes them",
+            names.len(),
+            names.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    names.into_iter().collect()
 }
 
 fn write_manifest(outputs: &Path, manifest: &Manifest) -> Result<()> {
@@ -364,11 +413,9 @@ pub fn run(
     })?;
     let _lock = crate::lock::OutputsLock::acquire(&opts.outputs, opts.wait)?;
     remove_stale_temporaries(&opts.outputs);
-    let previous = if opts.force {
-        None
-    } else {
-        previous_manifest(&opts.outputs)
-    };
+    let recorded = previous_manifest(&opts.outputs);
+    let orphaned_outputs = orphans(&opts.outputs, &articles, recorded.as_ref(), opts.prune);
+    let previous = if opts.force { None } else { recorded };
     let start = Instant::now();
     let mut manifest = Manifest {
         complete: false,
@@ -380,6 +427,7 @@ pub fn run(
         generation: translator.options.clone(),
         batch_tokens: translator.batch_tokens,
         articles: Vec::with_capacity(articles.len()),
+        orphaned_outputs,
         summary: None,
         seconds: 0.0,
         output_tokens: 0,
@@ -418,6 +466,7 @@ pub fn run(
             source_tokens: 0,
             output_tokens: 0,
             dropped_lines: Vec::new(),
+            cut_segments: BTreeMap::new(),
             output_sha256: None,
             cache_key: None,
             seconds: 0.0,

@@ -70,7 +70,7 @@ pub fn quantize_checkpoint(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    crate::models::bart::Arch::for_model_type(&model_type)?;
+    crate::models::bart::Arch::for_model_type(&model_type).map_err(|e| e.in_file(&config_path))?;
     let w = Weights::load(&files.weights, &Device::Cpu, DType::F32)?;
     let (floats, already) = w.all();
     if !already.is_empty() {

@@ -58,6 +58,10 @@ impl Translator {
                 Some(Box::new(e)),
             )
         })?;
+        // The architecture first: an unsupported model_type is named as such,
+        // not as whatever tokenizer file that architecture would lack.
+        crate::models::bart::Arch::for_model_type(&config.model_type)
+            .map_err(|e| e.in_file(&config_path))?;
         let gen_path = files.dir.join("generation_config.json");
         let gen_json = if gen_path.is_file() {
             Some(read_json(&gen_path)?)
@@ -65,6 +69,18 @@ impl Translator {
             None
         };
         let options = GenerationOptions::resolve(gen_json.as_ref(), &config_json, overrides)?;
+        if options.max_length > config.max_position_embeddings + 1 {
+            // Valid (transformers loads it) and common: generation settings
+            // written for a larger model. Logged once here; every output that
+            // reaches the table's end is cut there and counted as such.
+            tracing::warn!(
+                "{}: the generation settings allow {} new tokens but the decoder has {} positions; outputs are cut at {} tokens",
+                files.dir.display(),
+                options.max_new_tokens(),
+                config.max_position_embeddings,
+                config.max_position_embeddings
+            );
+        }
         let tokenizer = TextTokenizer::from_dir(&files.dir, &config.model_type)?;
         let marian = matches!(tokenizer, TextTokenizer::Marian(_));
         if tokenizer.vocab_size() > config.vocab_size && !marian {
@@ -220,6 +236,46 @@ impl Translator {
         Ok(ids)
     }
 
+    /// `text` as segments that fit the encoder's window, each with its ids: one
+    /// segment when it fits, else pieces cut at the best boundaries
+    /// ([`crate::text::ingest::split_to_fit`]). Nothing is truncated.
+    pub fn encode_to_fit(&self, text: &str) -> Result<Vec<(String, Vec<u32>)>> {
+        let window = self.model.config().max_position_embeddings;
+        let whole = self.encode_unit(text)?;
+        if whole.len() <= window {
+            return Ok(vec![(text.to_string(), whole)]);
+        }
+        // Each candidate piece is encoded once: the encodings made to measure
+        // are the ones returned.
+        let memo = std::cell::RefCell::new(std::collections::HashMap::<String, Vec<u32>>::new());
+        let count = |s: &str| {
+            if let Some(ids) = memo.borrow().get(s) {
+                return ids.len();
+            }
+            match self.encode_unit(s) {
+                Ok(ids) => {
+                    let n = ids.len();
+                    memo.borrow_mut().insert(s.to_string(), ids);
+                    n
+                }
+                // Unencodable: reported by the final encode below.
+                Err(_) => usize::MAX,
+            }
+        };
+        let pieces = crate::text::ingest::split_to_fit(text, window, &count);
+        let mut memo = memo.into_inner();
+        pieces
+            .into_iter()
+            .map(|p| {
+                let ids = match memo.remove(&p) {
+                    Some(ids) => ids,
+                    None => self.encode_unit(&p)?,
+                };
+                Ok((p, ids))
+            })
+            .collect()
+    }
+
     /// As [`Translator::translate_with_progress`], for units already encoded
     /// with [`Translator::encode_unit`] (empty ids translate to empty text).
     pub fn translate_encoded(
@@ -235,12 +291,12 @@ impl Translator {
         {
             return Err(Error::input(
                 format!(
-                    "segment {} has {} tokens, more than the model's {} positions",
+                    "segment {} has {} source tokens, more than the encoder's {} positions",
                     i + 1,
                     ids.len(),
                     max_pos
                 ),
-                "split long lines into sentences (--segment sentences) or shorter lines",
+                "cut it into pieces that fit first (Translator::encode_to_fit does, as `transum run` and `transum translate` do)",
             ));
         }
         let work: Vec<usize> = (0..encoded.len())
@@ -265,6 +321,7 @@ impl Translator {
                     tokens: Vec::new(),
                     score: None,
                     min_margin: f32::INFINITY,
+                    cut: None,
                 },
             })
             .collect();

@@ -23,7 +23,6 @@ pub struct LogitsProcessor {
     forced_bos: Option<u32>,
     forced_eos: Vec<u32>,
     eos: Vec<u32>,
-    max_length: usize,
     renormalize: bool,
 }
 
@@ -53,13 +52,14 @@ impl LogitsProcessor {
             min_new_tokens: opts.min_new_tokens,
             forced_eos: opts.forced_eos_token_ids.clone(),
             eos: opts.eos_token_ids.clone(),
-            max_length: opts.max_length,
             renormalize: opts.renormalize_logits,
         }
     }
 
-    /// Apply every processor to `scores` of a row whose tokens so far are `history`.
-    pub fn apply(&self, history: &[u32], scores: &mut [f32]) {
+    /// Apply every processor to `scores` of a row whose tokens so far are
+    /// `history` and whose decoder length is limited to `max_length` (the
+    /// row's own limit: see [`super::GenerationOptions::row_limit`]).
+    pub fn apply(&self, history: &[u32], max_length: usize, scores: &mut [f32]) {
         let cur_len = history.len();
         let mut ban = |id: u32| {
             if let Some(s) = scores.get_mut(id as usize) {
@@ -97,7 +97,7 @@ impl LogitsProcessor {
                 *s = 0.0;
             }
         }
-        if !self.forced_eos.is_empty() && cur_len + 1 == self.max_length {
+        if !self.forced_eos.is_empty() && cur_len + 1 == max_length {
             scores.fill(f32::NEG_INFINITY);
             for &e in &self.forced_eos {
                 if let Some(s) = scores.get_mut(e as usize) {

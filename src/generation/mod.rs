@@ -5,6 +5,13 @@
 //!
 //! Settings come from the checkpoint's `generation_config.json`, else the legacy
 //! fields of `config.json`, else transformers' defaults; user flags override.
+//!
+//! Output length is bounded per input by the smallest of three limits
+//! ([`GenerationOptions::row_limit`]): the length setting (the user's, else the
+//! checkpoint's), the decoder's position table, and a cap relative to the source
+//! length (`--max-length-factor`). Whichever binds, generation stops there as if
+//! that had been `max_length` (forced EOS included): a cut, never an error. When
+//! neither of the last two binds, the search is exactly transformers'.
 
 pub mod logits;
 pub mod search;
@@ -44,6 +51,42 @@ impl std::str::FromStr for EarlyStopping {
     }
 }
 
+/// The bound that stopped an output at its length limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LengthLimit {
+    /// `--max-new-tokens` (or a library caller's `max_length`): asked for explicitly.
+    Requested,
+    /// The checkpoint's `max_length` / `max_new_tokens` (or transformers' default of 20).
+    Checkpoint,
+    /// The decoder's position table (`max_position_embeddings`): it cannot go further.
+    Positions,
+    /// `--max-length-factor` times the source length.
+    SourceFactor,
+}
+
+impl LengthLimit {
+    /// The name the manifest and the logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            LengthLimit::Requested => "requested",
+            LengthLimit::Checkpoint => "checkpoint",
+            LengthLimit::Positions => "positions",
+            LengthLimit::SourceFactor => "source_factor",
+        }
+    }
+}
+
+/// Tokens allowed beyond `factor x source tokens`, so that a one-word source
+/// (a byline, a name the target vocabulary splits into more pieces than the
+/// source one) is never cut. marian-decoder gets such slack implicitly from
+/// measuring its batch's longest source; a per-input cap needs it explicitly.
+pub const LENGTH_FACTOR_SLACK: usize = 5;
+
+/// Default `--max-length-factor`: marian-decoder's `--max-length-factor 3`.
+/// CTranslate2 has no relative cap (only `max_decoding_length`, 256 by default).
+pub const DEFAULT_LENGTH_FACTOR: f64 = 3.0;
+
 /// Fully resolved generation settings: what decides the output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenerationOptions {
@@ -51,6 +94,11 @@ pub struct GenerationOptions {
     pub num_beams: usize,
     /// Maximum decoder length, the decoder start token included (transformers' `max_length`).
     pub max_length: usize,
+    /// Who set `max_length`: [`LengthLimit::Requested`] or [`LengthLimit::Checkpoint`].
+    pub max_length_from: LengthLimit,
+    /// New tokens are capped at `ceil(factor x source tokens) + LENGTH_FACTOR_SLACK`
+    /// (source tokens as fed to the encoder, `</s>` included); 0 = no cap.
+    pub max_length_factor: f64,
     /// Minimum decoder length, start token included (`min_length`).
     pub min_length: usize,
     /// Minimum number of generated tokens (`min_new_tokens`).
@@ -83,6 +131,9 @@ pub struct GenerationOverrides {
     pub no_repeat_ngram_size: Option<usize>,
     pub length_penalty: Option<f32>,
     pub early_stopping: Option<EarlyStopping>,
+    /// Cap relative to the source length (0 = off, `None` = off). Ignored when
+    /// `max_new_tokens` or `max_length` is given: an explicit bound wins.
+    pub max_length_factor: Option<f64>,
 }
 
 fn ids(v: Option<&Value>) -> Option<Vec<u32>> {
@@ -146,10 +197,22 @@ impl GenerationOptions {
         let max_new_tokens = overrides
             .max_new_tokens
             .or(usize_field(get("max_new_tokens")));
+        let requested = overrides.max_new_tokens.is_some() || overrides.max_length.is_some();
         let max_length = match (max_new_tokens, overrides.max_length) {
             (Some(n), _) => n + 1, // the decoder start token counts towards max_length
             (None, Some(l)) => l,
             (None, None) => usize_field(get("max_length")).unwrap_or(20),
+        };
+        let max_length_from = if requested {
+            LengthLimit::Requested
+        } else {
+            LengthLimit::Checkpoint
+        };
+        // An explicit bound is what the user asked for: the factor steps aside.
+        let max_length_factor = if requested {
+            0.0
+        } else {
+            overrides.max_length_factor.unwrap_or(0.0)
         };
         let early_stopping = match overrides.early_stopping {
             Some(e) => e,
@@ -165,6 +228,8 @@ impl GenerationOptions {
                 .or(usize_field(get("num_beams")))
                 .unwrap_or(1),
             max_length,
+            max_length_from,
+            max_length_factor,
             min_length: overrides
                 .min_length
                 .or(usize_field(get("min_length")))
@@ -224,6 +289,15 @@ impl GenerationOptions {
                 "use --max-new-tokens 1 or more",
             ));
         }
+        if !(self.max_length_factor.is_finite() && self.max_length_factor >= 0.0) {
+            return Err(Error::setting(
+                format!(
+                    "--max-length-factor {} is not a usable factor",
+                    self.max_length_factor
+                ),
+                "use a number >= 0, e.g. 3 (marian-decoder's default); 0 turns the cap off",
+            ));
+        }
         if !self.length_penalty.is_finite() {
             return Err(Error::setting(
                 "length_penalty must be a finite number",
@@ -237,4 +311,32 @@ impl GenerationOptions {
     pub fn max_new_tokens(&self) -> usize {
         self.max_length - 1
     }
+
+    /// The length limit of one input of `source_len` tokens (`</s>` included)
+    /// for a decoder of `positions` positions: the decoder length (start token
+    /// included, as `max_length`) and the bound that sets it. The smallest
+    /// bound wins; on a tie the length setting is named first, then positions.
+    pub fn row_limit(&self, source_len: usize, positions: usize) -> (usize, LengthLimit) {
+        // The start token sits at position 0 and the last token is never fed
+        // back, so `positions` positions generate `positions` tokens.
+        let mut limit = (self.max_length, self.max_length_from);
+        if positions + 1 < limit.0 {
+            limit = (positions + 1, LengthLimit::Positions);
+        }
+        if self.max_length_factor > 0.0 {
+            let cap = factor_cap(self.max_length_factor, source_len) + 1;
+            if cap < limit.0 {
+                limit = (cap, LengthLimit::SourceFactor);
+            }
+        }
+        limit
+    }
+}
+
+/// New tokens allowed by `factor` for `source_len` source tokens:
+/// `ceil(factor x source_len) + LENGTH_FACTOR_SLACK`. A product within 1e-9 of
+/// an integer counts as that integer, so 1.1 x 10 is 11, not 12 (binary floats
+/// hold 1.1 as 1.1000000000000000888).
+pub fn factor_cap(factor: f64, source_len: usize) -> usize {
+    (factor * source_len as f64 - 1e-9).ceil().max(0.0) as usize + LENGTH_FACTOR_SLACK
 }

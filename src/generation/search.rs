@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::logits::{argmax_with_margin, log_softmax_in_place, LogitsProcessor};
-use super::{EarlyStopping, GenerationOptions};
+use super::{EarlyStopping, GenerationOptions, LengthLimit};
 use crate::error::Result;
 use crate::models::Seq2Seq;
 
@@ -29,6 +29,32 @@ pub struct Hypothesis {
     /// processed scores; beam: smallest gap between adjacent ranked candidates).
     /// A reference implementation may legitimately differ where this is tiny.
     pub min_margin: f32,
+    /// The bound this output reached, if it reached its length limit (its EOS,
+    /// if any, was then forced or came at the last allowed position).
+    pub cut: Option<LengthLimit>,
+}
+
+/// Each row's length limit (see [`GenerationOptions::row_limit`]), from the
+/// source lengths the attention mask holds.
+fn row_limits<M: Seq2Seq>(
+    model: &M,
+    attention_mask: &Tensor,
+    opts: &GenerationOptions,
+) -> Result<Vec<(usize, LengthLimit)>> {
+    let lens = attention_mask
+        .to_dtype(candle_core::DType::F32)?
+        .sum(1)?
+        .to_vec1::<f32>()?;
+    let positions = model.max_target_positions();
+    Ok(lens
+        .iter()
+        .map(|&n| opts.row_limit(n as usize, positions))
+        .collect())
+}
+
+/// The bound `history` (start token included) reached, if it is at its limit.
+fn reached(history: &[u32], limit: (usize, LengthLimit)) -> Option<LengthLimit> {
+    (history.len() >= limit.0).then_some(limit.1)
 }
 
 /// Generate for a padded batch; results come back in input order.
@@ -53,12 +79,12 @@ fn greedy<M: Seq2Seq>(
 ) -> Result<Vec<Hypothesis>> {
     let processor = LogitsProcessor::new(opts);
     let batch = input_ids.dim(0)?;
+    let limits = row_limits(model, attention_mask, opts)?;
     let mut state = model.start(input_ids, attention_mask)?;
     let mut histories: Vec<Vec<u32>> = vec![vec![opts.decoder_start_token_id]; batch];
     let mut margins = vec![f32::INFINITY; batch];
     let mut active: Vec<usize> = (0..batch).collect();
     let vocab = model.vocab_size();
-    let mut cur_len = 1;
     while !active.is_empty() {
         let last: Vec<u32> = active
             .iter()
@@ -66,20 +92,19 @@ fn greedy<M: Seq2Seq>(
             .collect();
         let mut logits = model.step(&mut state, &last)?;
         let mut keep = Vec::with_capacity(active.len());
-        cur_len += 1;
         // Rows are independent: process and pick in parallel, record in order.
         let picked: Vec<(u32, f32)> = logits
             .par_chunks_mut(vocab)
             .zip(active.par_iter())
             .map(|(scores, &i)| {
-                processor.apply(&histories[i], scores);
+                processor.apply(&histories[i], limits[i].0, scores);
                 argmax_with_margin(scores)
             })
             .collect();
         for (row, (&i, (token, margin))) in active.iter().zip(picked).enumerate() {
             histories[i].push(token);
             margins[i] = margins[i].min(margin);
-            let done = opts.eos_token_ids.contains(&token) || cur_len >= opts.max_length;
+            let done = opts.eos_token_ids.contains(&token) || histories[i].len() >= limits[i].0;
             if !done {
                 keep.push(row as u32);
             }
@@ -94,7 +119,9 @@ fn greedy<M: Seq2Seq>(
     Ok(histories
         .into_iter()
         .zip(margins)
-        .map(|(h, m)| Hypothesis {
+        .zip(limits)
+        .map(|((h, m), limit)| Hypothesis {
+            cut: reached(&h, limit),
             tokens: h[1..].to_vec(),
             score: None,
             min_margin: m,
@@ -112,6 +139,8 @@ struct BeamItem {
     improvable: bool,
     done: bool,
     min_margin: f32,
+    /// This input's decoder length limit and the bound that sets it.
+    limit: (usize, LengthLimit),
 }
 
 /// The `k` best (score, index) pairs, best first; ties keep the lower index
@@ -153,6 +182,7 @@ fn beam<M: Seq2Seq>(
     let batch = input_ids.dim(0)?;
     let vocab = model.vocab_size();
     let lp = opts.length_penalty as f64;
+    let limits = row_limits(model, attention_mask, opts)?;
 
     let mut state = model.start(input_ids, attention_mask)?;
     // The first step runs one row per item: every beam holds the same start
@@ -160,8 +190,9 @@ fn beam<M: Seq2Seq>(
     // row by row, identically). The rows are repeated per beam after it.
     let mut repeated = false;
     let start = vec![opts.decoder_start_token_id];
-    let mut items: Vec<BeamItem> = (0..batch)
-        .map(|_| BeamItem {
+    let mut items: Vec<BeamItem> = limits
+        .into_iter()
+        .map(|limit| BeamItem {
             running: (0..nb)
                 .map(|j| (start.clone(), if j == 0 { 0.0 } else { NEG }))
                 .collect(),
@@ -169,6 +200,7 @@ fn beam<M: Seq2Seq>(
             improvable: true,
             done: false,
             min_margin: f32::INFINITY,
+            limit,
         })
         .collect();
     let mut active: Vec<usize> = (0..batch).collect();
@@ -197,19 +229,24 @@ fn beam<M: Seq2Seq>(
         // Rows of the next state: (position in `active` of the item, source beam).
         let mut next_rows: Vec<u32> = Vec::with_capacity(last.len());
         let mut next_active = Vec::with_capacity(active.len());
-        let hits_len = cur_len + 1 >= opts.max_length;
 
         // Log-probabilities of every row, processed and offset by its beam's score
         // (transformers: log_softmax, processors, + running score), rows in parallel.
         {
-            let rows: Vec<(&[u32], f32)> = active
+            let rows: Vec<(&[u32], f32, usize)> = active
                 .iter()
-                .flat_map(|&i| items[i].running.iter().map(|(h, s)| (h.as_slice(), *s)))
+                .flat_map(|&i| {
+                    let max_length = items[i].limit.0;
+                    items[i]
+                        .running
+                        .iter()
+                        .map(move |(h, s)| (h.as_slice(), *s, max_length))
+                })
                 .collect();
             logits.par_chunks_mut(vocab).zip(rows.par_iter()).for_each(
-                |(row, (history, score))| {
+                |(row, (history, score, max_length))| {
                     log_softmax_in_place(row);
-                    processor.apply(history, row);
+                    processor.apply(history, *max_length, row);
                     for v in row.iter_mut() {
                         *v += *score;
                     }
@@ -236,6 +273,7 @@ fn beam<M: Seq2Seq>(
             .enumerate()
             .map(|(pos, item)| {
                 let item: &mut BeamItem = item;
+                let hits_len = cur_len + 1 >= item.limit.0;
                 let log_probs = &logits[pos * nb * vocab..(pos + 1) * nb * vocab];
                 let cands = top_k(log_probs, n_cand + 1);
                 for w in cands.windows(2) {
@@ -302,7 +340,7 @@ fn beam<M: Seq2Seq>(
                 // transformers' _check_early_stop_heuristic, at the new length.
                 let new_len = cur_len + 1;
                 let best_len = if opts.early_stopping == EarlyStopping::Never && lp > 0.0 {
-                    opts.max_length - 1
+                    item.limit.0 - 1
                 } else {
                     new_len - 1
                 };
@@ -347,6 +385,7 @@ fn beam<M: Seq2Seq>(
         .map(|item| {
             let (h, score, _) = &item.finished[0];
             Hypothesis {
+                cut: reached(h, item.limit),
                 tokens: h[1..].to_vec(),
                 score: Some(*score),
                 min_margin: item.min_margin,

@@ -115,7 +115,7 @@ impl Arch {
                 pre_norm: true,
             }),
             other => Err(Error::setting(
-                format!("config.json: model_type {other:?} is not supported"),
+                format!("model_type {other:?} is not supported"),
                 "supported model types: marian (Helsinki-NLP/opus-mt-*), bart (facebook/bart-large-cnn, \
                  sshleifer/distilbart-cnn-12-6), pegasus (google/pegasus-multi_news)",
             )),
@@ -578,14 +578,17 @@ impl BartModel {
         past: usize,
     ) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
+        // Callers keep within the table (the translator splits long sources,
+        // generation caps its length at the decoder's positions); this guards
+        // the narrow below against a caller that does not.
         if past + t > self.config.max_position_embeddings {
             return Err(Error::input(
                 format!(
-                    "sequence of {} tokens exceeds the model's {} positions",
+                    "{} tokens do not fit the model's {} positions",
                     past + t,
                     self.config.max_position_embeddings
                 ),
-                "split the input into shorter segments (e.g. --segment sentences)",
+                "split the source into shorter segments, or generate fewer tokens (--max-new-tokens)",
             ));
         }
         let x = (table.lookup(ids)? * self.embed_scale)?;
@@ -770,5 +773,9 @@ impl Seq2Seq for BartModel {
 
     fn vocab_size(&self) -> usize {
         self.config.target_vocab_size()
+    }
+
+    fn max_target_positions(&self) -> usize {
+        self.config.max_position_embeddings
     }
 }

@@ -49,4 +49,9 @@ pub trait Seq2Seq {
 
     /// Size of the output vocabulary (the logits' last dimension).
     fn vocab_size(&self) -> usize;
+
+    /// Positions of the decoder: the start token plus this many tokens minus
+    /// one can be fed, so at most this many can be generated. Generation caps
+    /// its length here rather than failing.
+    fn max_target_positions(&self) -> usize;
 }

@@ -56,6 +56,7 @@ pub fn overrides(settings: &Value) -> GenerationOverrides {
             Value::String(s) => s.parse().unwrap(),
             other => panic!("bad early_stopping {other}"),
         }),
+        max_length_factor: settings.get("max_length_factor").and_then(Value::as_f64),
     }
 }
 

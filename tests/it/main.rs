@@ -7,6 +7,7 @@ mod harness;
 mod cli;
 mod fuzz;
 mod hub;
+mod limits;
 mod nightly;
 mod parity;
 mod quant;

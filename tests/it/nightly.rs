@@ -338,3 +338,52 @@ fn corrupt_model_files_are_named_with_the_fix() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_removed_article_is_never_current_nor_summarized() {
+    let dir = fresh("removed");
+    assert_success(&run_in(dir.path(), &[], &[]));
+    let gone = "002_3950d335cd70a6ef";
+    let output = format!("{gone}.en.txt");
+    std::fs::remove_file(dir.path().join(format!("corpus/{gone}.txt"))).unwrap();
+    let check = |out: &std::process::Output| {
+        assert_success(out);
+        let m = manifest(dir.path());
+        let sources: Vec<&str> = m["articles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["source"].as_str().unwrap())
+            .collect();
+        assert_eq!(sources.len(), 4);
+        assert!(!sources.iter().any(|s| s.starts_with(gone)), "{sources:?}");
+        assert_eq!(m["summary"]["articles"], 4);
+        let summary: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("outputs/summary.json")).unwrap(),
+        )
+        .unwrap();
+        let text = summary.to_string();
+        assert!(!text.contains(gone), "the summary cites a removed article");
+        m
+    };
+    // Kept on disk, listed as orphaned, and the run says how to remove it.
+    let out = run_in(dir.path(), &[], &[]);
+    let m = check(&out);
+    assert_eq!(m["orphaned_outputs"], serde_json::json!([output]));
+    assert!(dir.path().join("outputs").join(&output).is_file());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--prune deletes them"));
+    // Still listed by the next run, even one that redoes everything.
+    let m = check(&run_in(dir.path(), &["--force"], &[]));
+    assert_eq!(m["orphaned_outputs"], serde_json::json!([output]));
+    // --prune deletes exactly it.
+    let m = check(&run_in(dir.path(), &["--prune"], &[]));
+    assert_eq!(m["orphaned_outputs"], serde_json::json!([]));
+    assert!(!dir.path().join("outputs").join(&output).exists());
+    assert_eq!(
+        outputs(dir.path())
+            .iter()
+            .filter(|(n, _)| n.ends_with(".en.txt"))
+            .count(),
+        4
+    );
+}

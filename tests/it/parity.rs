@@ -131,82 +131,91 @@ fn greedy_and_beam_outputs_match_transformers() {
         let g = golden(name);
         for run in g["runs"].as_array().unwrap() {
             let label = run["label"].as_str().unwrap();
-            let ov = overrides(&run["settings"]);
-            let t = translator(name, &ov);
-            let outputs = run["outputs"].as_array().unwrap();
-            let texts: Vec<&str> = outputs
-                .iter()
-                .map(|o| o["text"].as_str().unwrap())
-                .collect();
-            // Batched as a real run would be: padding and batch composition must not matter.
-            let got = t.translate(&texts).unwrap();
-            let mut exact = 0;
-            let mut score_diff = 0f64;
-            let mut near_tie = Vec::new();
-            let mut wrong = Vec::new();
-            for (o, tr) in outputs.iter().zip(&got) {
-                let want = u32s(&o["ids"]);
-                let mut mine = vec![t.options.decoder_start_token_id];
-                mine.extend(&tr.hypothesis.tokens);
-                match first_divergence(&want, &mine) {
-                    None => {
-                        exact += 1;
-                        assert_eq!(
-                            tr.text,
-                            o["decoded"].as_str().unwrap(),
-                            "{name}/{label}: decoded text"
-                        );
-                        if let (Some(s), Some(w)) =
-                            (tr.hypothesis.score, o.get("score").and_then(Value::as_f64))
-                        {
-                            score_diff = score_diff.max((s as f64 - w).abs() / w.abs().max(1.0));
-                        }
-                    }
-                    Some(step) => {
-                        // ids[0] is the start token: generated token k sits at ids[k + 1]
-                        // and was chosen at step k, whose reference margin is gaps[k].
-                        let margin = match o.get("gaps") {
-                            Some(gaps) => {
-                                gaps.as_array().unwrap()[step - 1].as_f64().unwrap() as f32
-                            }
-                            None => tr.hypothesis.min_margin,
-                        };
-                        let line = format!(
-                            "{:?}\n    want {want:?}\n    got  {mine:?} (margin {margin})",
-                            o["text"]
-                        );
-                        if margin < NEAR_TIE {
-                            near_tie.push(line)
-                        } else {
-                            wrong.push(line)
-                        }
-                    }
-                }
-            }
-            assert!(
-                wrong.is_empty(),
-                "{name}/{label}: {} outputs differ from transformers:\n{}",
-                wrong.len(),
-                wrong.join("\n")
-            );
-            assert!(
-                near_tie.len() * 50 <= outputs.len(),
-                "{name}/{label}: too many near-tie divergences:\n{}",
-                near_tie.join("\n")
-            );
-            assert!(exact >= outputs.len() - near_tie.len());
-            eprintln!(
-                "{name}/{label}: {exact}/{} identical, {} near-tie divergences, max relative beam-score difference {score_diff:.2e}",
-                outputs.len(),
-                near_tie.len()
-            );
-            // Scores sum up to max_new_tokens log-probabilities of f32 logits.
-            assert!(
-                score_diff <= 1e-4,
-                "{name}/{label}: beam scores differ by {score_diff:.2e} (relative)"
-            );
+            let t = translator(name, &overrides(&run["settings"]));
+            assert_outputs_match(name, label, &t, run["outputs"].as_array().unwrap());
         }
     }
+}
+
+/// Translate the golden `outputs`' texts in one batched call, as a real run
+/// would (padding and batch composition must not matter), and demand the
+/// reference's ids, text and beam scores; a divergence is allowed only at a
+/// near-tie of the reference. Returns the translations for further checks.
+pub(crate) fn assert_outputs_match(
+    name: &str,
+    label: &str,
+    t: &transum::Translator,
+    outputs: &[Value],
+) -> Vec<transum::translate::Translation> {
+    let texts: Vec<&str> = outputs
+        .iter()
+        .map(|o| o["text"].as_str().unwrap())
+        .collect();
+    let got = t.translate(&texts).unwrap();
+    let mut exact = 0;
+    let mut score_diff = 0f64;
+    let mut near_tie = Vec::new();
+    let mut wrong = Vec::new();
+    for (o, tr) in outputs.iter().zip(&got) {
+        let want = u32s(&o["ids"]);
+        let mut mine = vec![t.options.decoder_start_token_id];
+        mine.extend(&tr.hypothesis.tokens);
+        match first_divergence(&want, &mine) {
+            None => {
+                exact += 1;
+                assert_eq!(
+                    tr.text,
+                    o["decoded"].as_str().unwrap(),
+                    "{name}/{label}: decoded text"
+                );
+                if let (Some(s), Some(w)) =
+                    (tr.hypothesis.score, o.get("score").and_then(Value::as_f64))
+                {
+                    score_diff = score_diff.max((s as f64 - w).abs() / w.abs().max(1.0));
+                }
+            }
+            Some(step) => {
+                // ids[0] is the start token: generated token k sits at ids[k + 1]
+                // and was chosen at step k, whose reference margin is gaps[k].
+                let margin = match o.get("gaps") {
+                    Some(gaps) => gaps.as_array().unwrap()[step - 1].as_f64().unwrap() as f32,
+                    None => tr.hypothesis.min_margin,
+                };
+                let line = format!(
+                    "{:?}\n    want {want:?}\n    got  {mine:?} (margin {margin})",
+                    o["text"]
+                );
+                if margin < NEAR_TIE {
+                    near_tie.push(line)
+                } else {
+                    wrong.push(line)
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{name}/{label}: {} outputs differ from transformers:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert!(
+        near_tie.len() * 50 <= outputs.len(),
+        "{name}/{label}: too many near-tie divergences:\n{}",
+        near_tie.join("\n")
+    );
+    assert!(exact >= outputs.len() - near_tie.len());
+    eprintln!(
+        "{name}/{label}: {exact}/{} identical, {} near-tie divergences, max relative beam-score difference {score_diff:.2e}",
+        outputs.len(),
+        near_tie.len()
+    );
+    // Scores sum up to max_new_tokens log-probabilities of f32 logits.
+    assert!(
+        score_diff <= 1e-4,
+        "{name}/{label}: beam scores differ by {score_diff:.2e} (relative)"
+    );
+    got
 }
 
 #[test]
