@@ -80,11 +80,12 @@ impl Error {
         }
     }
 
-    /// This error, found in `path`: a setting error becomes a file error naming
-    /// it (a config field the file holds); other errors are unchanged.
+    /// This error, found in `path`: a setting or input error becomes a file
+    /// error naming it (a config field the file holds, an article's text);
+    /// other errors already name what they are about and are unchanged.
     pub fn in_file(self, path: impl AsRef<Path>) -> Self {
         match self {
-            Error::Setting { what, hint } => Error::File {
+            Error::Setting { what, hint } | Error::Input { what, hint } => Error::File {
                 path: path.as_ref().to_path_buf(),
                 what,
                 hint,

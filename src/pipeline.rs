@@ -502,6 +502,7 @@ pub fn run(
         match result {
             Ok(name) => rec.output = Some(name),
             Err(e) => {
+                let e = e.in_file(path);
                 tracing::error!("{e}");
                 rec.status = "failed".into();
                 rec.error = Some(e.to_string());
