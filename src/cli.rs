@@ -737,12 +737,19 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
 
     let mut next = out.into_iter();
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    for &count in &units {
+    let written = units.iter().try_for_each(|&count| {
         let parts: Vec<String> = (0..count)
             .map(|_| next.next().expect("one result per unit").text)
             .collect();
-        writeln!(stdout, "{}", parts.join(" ")).context("cannot write to stdout")?;
+        writeln!(stdout, "{}", parts.join(" "))
+    });
+    match written.and_then(|()| stdout.flush()) {
+        // The reader went away (`transum translate a.txt | head`): a normal
+        // end, as for any Unix filter, not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        other => {
+            other.context("cannot write to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
-    stdout.flush().context("cannot write to stdout")?;
-    Ok(ExitCode::SUCCESS)
 }

@@ -48,8 +48,9 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
-    /// A numerical failure inside candle (shape mismatch, device error).
-    #[error("tensor computation failed: {0}")]
+    /// A numerical failure inside candle (shape mismatch, device error). The
+    /// message is candle's, kept as the source: `{:#}` prints it once.
+    #[error("tensor computation failed")]
     Candle(#[from] candle_core::Error),
 }
 

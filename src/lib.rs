@@ -2,20 +2,23 @@
 //! through candle.
 //!
 //! The library does the work; the `transum` binary only parses arguments and
-//! prints. Data flows forward through the modules below (see DESIGN.md §1):
-//! text -> tokenizer -> batch -> models (encoder, then decoder with a KV cache)
-//! -> generation (greedy or beam search) -> tokenizer (decode) -> text.
+//! prints. Data flows forward through the modules below: text (ingest,
+//! sentences) -> tokenizer -> batch -> models (encoder, then decoder with a
+//! KV cache; the maths only, on `cpu` kernels or candle's ops) -> generation
+//! (greedy or beam search) -> tokenizer (decode) -> text -> pipeline
+//! (outputs, manifest) -> summary.
+
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod batch;
 pub mod bench;
+pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod failpoint;
 pub mod generation;
 pub mod hub;
-pub mod kernels;
 pub mod lock;
-pub mod matmul;
 pub mod models;
 pub mod pipeline;
 pub mod quantize;

@@ -29,6 +29,14 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // The kernels' instruction set, chosen once (TRANSUM_CPU_ISA may force one).
+    match transum::cpu::init() {
+        Ok(isa) => tracing::info!("CPU kernels: {}", isa.name()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

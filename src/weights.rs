@@ -15,8 +15,8 @@ use std::sync::Arc;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
+use crate::cpu::matmul::PackedMatrix;
 use crate::error::{Error, Result};
-use crate::matmul::PackedMatrix;
 
 /// Weight file names we know, in order of preference.
 pub const WEIGHT_FILES: [&str; 3] = ["model.safetensors", "pytorch_model.bin", "model.gguf"];
@@ -302,7 +302,7 @@ impl Weights {
             {
                 let (out, k) = t.dims2()?;
                 if let Some(p) =
-                    crate::kernels::with_f32(&t, |w| PackedMatrix::quantize_q8_0(w, out, k))?
+                    crate::cpu::with_f32(&t, |w| PackedMatrix::quantize_q8_0(w, out, k))?
                 {
                     packed.insert(name, p);
                     return Ok(());

@@ -113,7 +113,7 @@ impl LogitsProcessor {
 
 /// `log_softmax` over one row, in f32 like torch (vectorized kernel).
 pub fn log_softmax_in_place(scores: &mut [f32]) {
-    crate::kernels::log_softmax(scores);
+    crate::cpu::elementwise::log_softmax(scores);
 }
 
 /// Index of the first maximum (torch.argmax tie rule) and the top-1 minus top-2 margin.

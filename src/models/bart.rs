@@ -21,8 +21,8 @@ use super::layers::{
     Cache, KeyValue, LayerNorm, Linear,
 };
 use super::Seq2Seq;
+use crate::cpu::matmul::PackedMatrix;
 use crate::error::{Error, Result};
-use crate::matmul::PackedMatrix;
 use crate::weights::Weights;
 
 fn default_true() -> bool {

@@ -9,9 +9,9 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
+use crate::cpu::matmul::PackedMatrix;
+use crate::cpu::{with_f32, CpuView};
 use crate::error::{Error, Result};
-use crate::kernels::{with_f32, CpuView};
-use crate::matmul::PackedMatrix;
 use crate::weights::Weights;
 
 /// Up to this many queries per row, attention runs the CPU decode kernel.
@@ -442,7 +442,7 @@ impl Activation {
                 let mut out = vec![0f32; src.len()];
                 out.par_chunks_mut(16 * 1024)
                     .zip(src.par_chunks(16 * 1024))
-                    .for_each(|(o, s)| crate::kernels::silu(s, o));
+                    .for_each(|(o, s)| crate::cpu::elementwise::silu(s, o));
                 return Ok(Tensor::from_vec(out, x.dims(), x.device())?);
             }
         }
@@ -992,7 +992,7 @@ fn attend_rows_parallel(
         .enumerate()
         .for_each(|(bi, o)| {
             let mut scores = vec![0f32; t * s];
-            crate::kernels::attend_rows(
+            crate::cpu::attention::attend_rows(
                 &q[bi * h * t * hd..(bi + 1) * h * t * hd],
                 &k[bi * row..(bi + 1) * row],
                 &v[bi * row..(bi + 1) * row],

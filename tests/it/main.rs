@@ -7,6 +7,7 @@ mod harness;
 mod cli;
 mod fuzz;
 mod hub;
+mod kernels;
 mod limits;
 mod nightly;
 mod parity;
