@@ -63,6 +63,20 @@ impl Placement {
         }
     }
 
+    /// The format a projection of input width `in_dim` is quantized to: the
+    /// placement's, when the width is a multiple of its block (32 for q8_0,
+    /// 256 for k-quants); else none, and it stays float.
+    pub fn quantization_for(&self, in_dim: usize) -> Option<GgmlDType> {
+        self.quantize
+            .filter(|q| in_dim.is_multiple_of(q.block_size()))
+    }
+
+    /// Whether projections are packed for the CPU kernel (`cpu::matmul`):
+    /// on the CPU in f32, where it beats candle's gemm.
+    pub fn packs(&self) -> bool {
+        self.device.is_cpu() && self.dtype == DType::F32
+    }
+
     /// A short human-readable name for logs and manifests.
     pub fn describe(&self) -> String {
         let dev = match &self.device {

@@ -12,8 +12,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
+use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::hub::ModelFiles;
 use crate::weights::{is_projection, Weights};
@@ -71,7 +72,10 @@ pub fn quantize_checkpoint(
         .unwrap_or_default()
         .to_string();
     crate::models::bart::Arch::for_model_type(&model_type).map_err(|e| e.in_file(&config_path))?;
-    let w = Weights::load(&files.weights, &Device::Cpu, DType::F32)?;
+    let w = Weights::load(&files.weights, &Placement::cpu(), false)?;
+    // The same decision as quantizing at load: a projection is stored in
+    // `dtype` when its input width fits the format's blocks.
+    let target = Placement::cpu_quantized(dtype);
     let (floats, already) = w.all();
     if !already.is_empty() {
         return Err(Error::file(
@@ -96,18 +100,21 @@ pub fn quantize_checkpoint(
             t.dims(),
             t.device(),
         )?;
-        let target = if is_projection(name) {
-            if t.rank() == 2 && t.dim(1)?.is_multiple_of(dtype.block_size()) {
-                *quantized += 1;
-                dtype
-            } else {
-                kept.push(name.to_string());
-                GgmlDType::F32
+        let format = if is_projection(name) && t.rank() == 2 {
+            match target.quantization_for(t.dim(1)?) {
+                Some(q) => {
+                    *quantized += 1;
+                    q
+                }
+                None => {
+                    kept.push(name.to_string());
+                    GgmlDType::F32
+                }
             }
         } else {
             GgmlDType::F32
         };
-        tensors.push((name.to_string(), QTensor::quantize(&t, target)?));
+        tensors.push((name.to_string(), QTensor::quantize(&t, format)?));
         Ok(())
     };
     for (name, t) in &floats {

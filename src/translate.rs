@@ -106,47 +106,35 @@ impl Translator {
             ));
         }
         let start = std::time::Instant::now();
-        // Projections are quantized as they are read (--quantize), so their f32
-        // copies never all sit in memory together.
         // A table that is both embeddings and LM head can be quantized as read.
         let tied_table = config.tie_word_embeddings
             && config.share_encoder_decoder_embeddings
             && config.vocab_size == config.target_vocab_size();
-        let weights = Weights::load_quantized_tied(
-            &files.weights,
-            &placement.device,
-            placement.dtype,
-            placement.quantize,
-            tied_table,
-        )?;
-        let mut model = BartModel::load(config, &weights)?;
-        let mut quantization = weights.quantization();
+        let weights = Weights::load(&files.weights, placement, tied_table)?;
+        let file_quantization = weights.quantization();
+        let model = BartModel::load(config, &weights).map_err(|e| e.in_file(&config_path))?;
         // The loader holds every tensor it read; the model holds what it uses.
-        // Let the rest go before quantizing or packing makes second copies.
+        // Let the rest go before preparing makes second copies.
         drop(weights);
+        let (model, quantized, kept) = model.prepare(placement)?;
         if let Some(q) = placement.quantize {
-            if quantization.is_some() {
+            if file_quantization.is_some() {
                 tracing::warn!(
                     "{}: already quantized; --quantize {} converts only what is still float",
                     files.weights.display(),
                     crate::device::quant_name(q)
                 );
             }
-            let (m, done, kept) = model.quantize(q)?;
-            model = m;
             if kept > 0 {
                 tracing::warn!(
                     "--quantize {}: {kept} of {} projections keep float weights (input width not a multiple of the {}-wide block)",
                     crate::device::quant_name(q),
-                    done + kept,
+                    quantized + kept,
                     q.block_size()
                 );
             }
-            quantization = Some(q);
         }
-        if placement.device.is_cpu() && placement.dtype == candle_core::DType::F32 {
-            model = model.pack()?;
-        }
+        let quantization = placement.quantize.or(file_quantization);
         tracing::info!(
             "loaded {} on {} in {:.2}s",
             files.weights.display(),

@@ -16,7 +16,9 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::cpu::matmul::PackedMatrix;
+use crate::device::Placement;
 use crate::error::{Error, Result};
+use crate::models::linear::Weight;
 
 /// Weight file names we know, in order of preference.
 pub const WEIGHT_FILES: [&str; 3] = ["model.safetensors", "pytorch_model.bin", "model.gguf"];
@@ -253,35 +255,17 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Load every tensor of `path` onto `device`, converting floats to `dtype`.
-    pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        Self::load_quantized(path, device, dtype, None)
-    }
-
-    /// As [`Weights::load`], quantizing every projection weight to `quantize`
-    /// as it is read (when its input width fits the format's blocks), so that a
-    /// safetensors checkpoint never has all its f32 projections in memory at once.
-    pub fn load_quantized(
-        path: &Path,
-        device: &Device,
-        dtype: DType,
-        quantize: Option<GgmlDType>,
-    ) -> Result<Self> {
-        Self::load_quantized_tied(path, device, dtype, quantize, false)
-    }
-
-    /// As [`Weights::load_quantized`]; with `pack_tied` (q8_0 on the CPU, for a
+    /// Load every tensor of `path` for `placement`: floats converted to its
+    /// dtype on its device, and every projection weight quantized as it is
+    /// read when the placement quantizes (and its input width fits the
+    /// format's blocks: [`Placement::quantization_for`]), so that a
+    /// checkpoint never has all its f32 projections in memory at once; q8_0
+    /// for the CPU kernel goes straight into its panels. With `tied_table` (a
     /// model whose embedding table is also its LM head) the shared table is
-    /// quantized into the packed kernel's q8_0 layout as soon as it is read,
-    /// so its 122 MB of f32 never sit in memory beside the other weights.
-    pub fn load_quantized_tied(
-        path: &Path,
-        device: &Device,
-        dtype: DType,
-        quantize: Option<GgmlDType>,
-        pack_tied: bool,
-    ) -> Result<Self> {
-        let pack_tied = pack_tied && quantize == Some(GgmlDType::Q8_0) && device.is_cpu();
+    /// quantized the same way, so its f32 copy (122 MB for opus-mt) never sits
+    /// in memory beside the other weights.
+    pub fn load(path: &Path, placement: &Placement, tied_table: bool) -> Result<Self> {
+        let (device, dtype) = (&placement.device, placement.dtype);
         let mut packed: HashMap<String, PackedMatrix> = HashMap::new();
         let corrupt = |e: candle_core::Error| {
             Error::file(
@@ -296,24 +280,25 @@ impl Weights {
         let mut quantization = None;
         let mut tensors = HashMap::new();
         let mut add = |name: String, t: Tensor| -> Result<()> {
-            if pack_tied
-                && (name == "model.shared.weight" || name == "shared.weight")
-                && t.rank() == 2
-            {
+            let table = tied_table && (name == "model.shared.weight" || name == "shared.weight");
+            if (is_projection(&name) || table) && t.rank() == 2 {
                 let (out, k) = t.dims2()?;
-                if let Some(p) =
-                    crate::cpu::with_f32(&t, |w| PackedMatrix::quantize_q8_0(w, out, k))?
-                {
-                    packed.insert(name, p);
-                    return Ok(());
-                }
-            }
-            if let Some(q) = quantize {
-                if is_projection(&name) && t.rank() == 2 && t.dim(1)?.is_multiple_of(q.block_size())
-                {
-                    let t = t.to_dtype(DType::F32)?.contiguous()?;
-                    quantized.insert(name, Arc::new(QTensor::quantize(&t, q)?));
-                    return Ok(());
+                match placement.quantization_for(k) {
+                    Some(GgmlDType::Q8_0) if placement.packs() => {
+                        let p =
+                            crate::cpu::with_f32(&t, |w| PackedMatrix::quantize_q8_0(w, out, k))?
+                                .expect("the width fits q8_0's blocks");
+                        packed.insert(name, p);
+                        return Ok(());
+                    }
+                    // The table is also an embedding: only the packed form
+                    // serves both (its rows are read back); others stay float.
+                    Some(q) if !table => {
+                        let t = t.to_dtype(DType::F32)?.contiguous()?;
+                        quantized.insert(name, Arc::new(QTensor::quantize(&t, q)?));
+                        return Ok(());
+                    }
+                    _ => {}
                 }
             }
             let t = if t.dtype().is_float() && t.dtype() != dtype {
@@ -487,15 +472,20 @@ impl Weights {
         Ok(())
     }
 
-    /// A [out, in] projection weight wrapped for `Linear`: quantized when the
-    /// file stores it quantized, else a plain tensor.
-    pub fn matmul_weight(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<QMatMul> {
+    /// A [out, in] projection weight in the form it was read: packed or
+    /// quantized when the loader made it so (or the file stores it
+    /// quantized), else a plain tensor.
+    pub fn weight(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<Weight> {
         let full = self.full_name(name);
+        if let Some(p) = self.inner.packed.get(&full) {
+            self.check_shape(&full, &[p.out_dim(), p.in_dim()], &[out_dim, in_dim])?;
+            return Ok(Weight::Packed(p.clone()));
+        }
         if let Some(q) = self.inner.quantized.get(&full) {
             self.check_shape(&full, q.shape().dims(), &[out_dim, in_dim])?;
-            return Ok(QMatMul::from_arc(q.clone())?);
+            return Ok(Weight::Quantized(QMatMul::from_arc(q.clone())?));
         }
-        Ok(QMatMul::Tensor(self.get(name, &[out_dim, in_dim])?))
+        Ok(Weight::Dense(self.get(name, &[out_dim, in_dim])?))
     }
 
     /// All tensors, float and quantized, by full name (for `transum quantize`).

@@ -189,6 +189,37 @@ impl PackedMatrix {
         })
     }
 
+    /// Output features `start..start+len` as a matrix of their own: a view
+    /// when `start` falls on a panel boundary, else a copy of exactly those
+    /// weights (the same f32 values, or the same int8 values and scales).
+    pub fn take_rows(&self, start: usize, len: usize) -> Self {
+        assert!(start + len <= self.out, "rows beyond the matrix");
+        if let Some(view) = self.rows(start, len) {
+            return view;
+        }
+        let k = self.k;
+        match &self.data {
+            Panels::F32(_) => {
+                let mut w = vec![0f32; len * k];
+                for (i, row) in w.chunks_mut(k).enumerate() {
+                    self.row_into(start + i, row);
+                }
+                PackedMatrix::pack(&w, len, k)
+            }
+            Panels::Q8 { q, d } => {
+                let nb = k / Q8_BLOCK;
+                Self::build_q8_0(len, k, |row, b, qs| {
+                    let i = start + row;
+                    let (p, j) = (self.first_panel + i / NR, i % NR);
+                    for (kk, v) in qs.iter_mut().enumerate() {
+                        *v = q[(p * k + b * Q8_BLOCK + kk) * NR + j];
+                    }
+                    d[(p * nb + b) * NR + j]
+                })
+            }
+        }
+    }
+
     /// Weights `k0..k0+kc` of panel `p` (output features `p*NR..`) as f32
     /// [kc][NR]: borrowed when float, widened into `scratch` when q8_0.
     fn block<'a>(

@@ -16,12 +16,13 @@
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::layers::{
-    causal_mask, last_position, padding_mask, sinusoidal_table, to_f32, Activation, Attention,
-    Cache, KeyValue, LayerNorm, Linear,
-};
+use super::attention::{causal_mask, padding_mask, Attention};
+use super::embedding::{sinusoidal_table, Table};
+use super::kv_cache::{Cache, KeyValue};
+use super::linear::{to_f32, Linear, Prepared, Weight};
+use super::norm::{Activation, LayerNorm};
 use super::Seq2Seq;
-use crate::cpu::matmul::PackedMatrix;
+use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
@@ -190,8 +191,6 @@ pub struct BartModel {
     lm_head: Linear,
     /// Whether the (encoder, decoder) embedding tables are the LM head's matrix.
     lm_tied: (bool, bool),
-    /// final_logits_bias on the host, added while transposing the logits.
-    logits_bias: Vec<f32>,
     activation: Activation,
     dtype: DType,
     device: Device,
@@ -221,61 +220,6 @@ impl BartState {
             Some(prev) => rows.iter().map(|&r| prev[r as usize]).collect(),
             None => rows.to_vec(),
         });
-    }
-}
-
-/// Row-major [rows, cols] -> [cols, rows] plus `bias[row]`, in cache-friendly blocks.
-fn transpose_add(src: &[f32], rows: usize, cols: usize, bias: &[f32]) -> Vec<f32> {
-    const B: usize = 64;
-    let mut dst = vec![0f32; src.len()];
-    for r0 in (0..rows).step_by(B) {
-        for c0 in (0..cols).step_by(B) {
-            for r in r0..(r0 + B).min(rows) {
-                for c in c0..(c0 + B).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c] + bias[r];
-                }
-            }
-        }
-    }
-    dst
-}
-
-/// A token embedding table.
-#[derive(Clone)]
-enum Table {
-    Dense(Tensor),
-    /// Tied to the LM head after packing it: rows are read from the packed
-    /// matrix, so the 122 MB table is not held twice.
-    Packed(PackedMatrix),
-}
-
-impl Table {
-    /// Embeddings [b, t, d] of `ids` [b, t].
-    fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let flat = ids.flatten_all()?;
-        match self {
-            Table::Dense(table) => {
-                Ok(table
-                    .index_select(&flat, 0)?
-                    .reshape((b, t, table.dim(1)?))?)
-            }
-            Table::Packed(p) => {
-                let d = p.in_dim();
-                let ids = flat.to_vec1::<u32>()?;
-                let mut out = vec![0f32; ids.len() * d];
-                for (&id, row) in ids.iter().zip(out.chunks_mut(d)) {
-                    if id as usize >= p.out_dim() {
-                        return Err(Error::input(
-                            format!("token id {id} is outside the {}-row embedding", p.out_dim()),
-                            "the tokenizer and the model come from different checkpoints",
-                        ));
-                    }
-                    p.row_into(id as usize, row);
-                }
-                Ok(Tensor::from_vec(out, (b, t, d), flat.device())?)
-            }
-        }
     }
 }
 
@@ -328,7 +272,7 @@ impl BartModel {
                         None,
                     ));
                 }
-                let head = Linear::from_packed(p.clone(), Some(final_logits_bias()?))?;
+                let head = Linear::new(Weight::Packed(p.clone()), Some(final_logits_bias()?));
                 (
                     Table::Packed(p.clone()),
                     Table::Packed(p),
@@ -379,11 +323,11 @@ impl BartModel {
                     head_is_decoder_table,
                 );
                 let lm_matrix = if w.is_quantized("lm_head.weight") {
-                    w.matmul_weight("lm_head.weight", tgt_vocab, d)?
+                    w.weight("lm_head.weight", tgt_vocab, d)?
                 } else {
-                    candle_core::quantized::QMatMul::Tensor(lm_weight)
+                    Weight::Dense(lm_weight)
                 };
-                let lm_head = Linear::from_parts(lm_matrix, Some(final_logits_bias()?));
+                let lm_head = Linear::new(lm_matrix, Some(final_logits_bias()?));
                 (
                     Table::Dense(encoder_embed),
                     Table::Dense(decoder_embed),
@@ -445,15 +389,10 @@ impl BartModel {
                 final_layer_norm: LayerNorm::load(&l.pp("final_layer_norm"), d)?,
             });
         }
-        let logits_bias = match lm_head.bias() {
-            Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-            None => vec![0.0; tgt_vocab],
-        };
         Ok(BartModel {
             encoder_norms: StackNorms::load(w, &arch, "encoder", d)?,
             decoder_norms: StackNorms::load(w, &arch, "decoder", d)?,
             arch,
-            logits_bias,
             embed_scale: if config.scale_embedding {
                 (d as f64).sqrt()
             } else {
@@ -479,85 +418,68 @@ impl BartModel {
         &self.config
     }
 
-    /// The same model with every projection (attention, FFN, lm_head)
-    /// quantized to `dtype`; embeddings, positions, norms and biases stay
-    /// float. Returns how many projections were quantized and how many kept
-    /// float because their input width is not a multiple of the block size.
-    pub fn quantize(
-        self,
-        dtype: candle_core::quantized::GgmlDType,
-    ) -> Result<(Self, usize, usize)> {
-        let (mut done, mut kept) = (0usize, 0usize);
-        let mut count = |ok: bool, n: usize| {
-            if ok {
-                done += n
-            } else {
-                kept += n
-            }
-        };
-        let lin = |l: &Linear, count: &mut dyn FnMut(bool, usize)| -> Result<Linear> {
-            Ok(match l.quantize(dtype)? {
-                Some(q) => {
-                    count(true, 1);
-                    q
-                }
-                None => {
-                    count(false, 1);
-                    l.clone()
-                }
-            })
-        };
-        let att = |a: &Attention, count: &mut dyn FnMut(bool, usize)| -> Result<Attention> {
-            let (q, ok) = a.quantize(dtype)?;
-            count(ok, 4);
-            Ok(q)
-        };
+    /// The same model with every projection (attention, FFN, lm_head) passed
+    /// through `f`, which is told how many of the checkpoint's projections
+    /// each one holds (a fused q/k/v holds 3). The one walk over the layers:
+    /// quantizing and packing go through it.
+    pub fn map_linears(self, f: &mut dyn FnMut(Linear, usize) -> Result<Linear>) -> Result<Self> {
         let mut m = self;
-        for l in &mut m.encoder_layers {
-            l.self_attn = att(&l.self_attn, &mut count)?;
-            l.fc1 = lin(&l.fc1, &mut count)?;
-            l.fc2 = lin(&l.fc2, &mut count)?;
-        }
-        for l in &mut m.decoder_layers {
-            l.self_attn = att(&l.self_attn, &mut count)?;
-            l.encoder_attn = att(&l.encoder_attn, &mut count)?;
-            l.fc1 = lin(&l.fc1, &mut count)?;
-            l.fc2 = lin(&l.fc2, &mut count)?;
-        }
-        m.lm_head = lin(&m.lm_head, &mut count)?;
-        Ok((m, done, kept))
+        m.encoder_layers = m
+            .encoder_layers
+            .into_iter()
+            .map(|l| {
+                Ok(EncoderLayer {
+                    self_attn: l.self_attn.map_linears(f)?,
+                    fc1: f(l.fc1, 1)?,
+                    fc2: f(l.fc2, 1)?,
+                    ..l
+                })
+            })
+            .collect::<Result<_>>()?;
+        m.decoder_layers = m
+            .decoder_layers
+            .into_iter()
+            .map(|l| {
+                Ok(DecoderLayer {
+                    self_attn: l.self_attn.map_linears(f)?,
+                    encoder_attn: l.encoder_attn.map_linears(f)?,
+                    fc1: f(l.fc1, 1)?,
+                    fc2: f(l.fc2, 1)?,
+                    ..l
+                })
+            })
+            .collect::<Result<_>>()?;
+        m.lm_head = f(m.lm_head, 1)?;
+        Ok(m)
     }
 
-    /// The same model with every float projection packed for the CPU kernel
-    /// (`crate::matmul`): only for f32 weights on the CPU, where it is faster
-    /// than candle's gemm; other weights are left as they are.
-    pub fn pack(self) -> Result<Self> {
-        let mut m = self;
-        for l in &mut m.encoder_layers {
-            l.self_attn = l.self_attn.pack()?;
-            l.fc1 = l.fc1.pack()?;
-            l.fc2 = l.fc2.pack()?;
-        }
-        for l in &mut m.decoder_layers {
-            l.self_attn = l.self_attn.pack()?;
-            l.encoder_attn = l.encoder_attn.pack()?;
-            l.fc1 = l.fc1.pack()?;
-            l.fc2 = l.fc2.pack()?;
-        }
-        let tied = m.lm_tied;
-        m.lm_head = m.lm_head.pack()?;
-        // Tables tied to the LM head read its packed rows instead of keeping
-        // their own copy (opus-mt: 122 MB less). With a q8_0 head they read its
-        // dequantized rows, as CTranslate2's int8 models share theirs.
+    /// The model in the form `placement` runs it ([`Linear::prepare`] for every
+    /// projection), and how many of the checkpoint's projections are
+    /// quantized (now or as they were read) and how many kept float for their
+    /// width. Embedding
+    /// tables tied to a packed LM head then read its rows instead of keeping
+    /// their own copy (opus-mt: 122 MB less); with a q8_0 head they read its
+    /// dequantized rows, as CTranslate2's int8 models share theirs.
+    pub fn prepare(self, placement: &Placement) -> Result<(Self, usize, usize)> {
+        let (mut quantized, mut kept) = (0, 0);
+        let mut m = self.map_linears(&mut |l, n| {
+            let (l, done) = l.prepare(placement)?;
+            if l.is_quantized() {
+                quantized += n;
+            } else if done == Prepared::KeptFloat {
+                kept += n;
+            }
+            Ok(l)
+        })?;
         if let Some(p) = m.lm_head.packed() {
-            if tied.0 {
+            if m.lm_tied.0 {
                 m.encoder_embed = Table::Packed(p.clone());
             }
-            if tied.1 {
+            if m.lm_tied.1 {
                 m.decoder_embed = Table::Packed(p.clone());
             }
         }
-        Ok(m)
+        Ok((m, quantized, kept))
     }
 
     /// Whether any projection is quantized.
@@ -699,32 +621,8 @@ impl Seq2Seq for BartModel {
     fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Vec<f32>> {
         let ids = Tensor::from_slice(tokens, (tokens.len(), 1), &self.device)?;
         let h = self.decode(state, &ids)?;
-        if self.lm_head.is_packed() {
-            // [rows, vocab] with final_logits_bias, straight from the kernel.
-            return self.lm_head.forward_host(&last_position(&h)?);
-        }
-        if self.lm_head.is_quantized() {
-            // Quantized matmul gives [rows, vocab] directly; add the bias per row.
-            let y = to_f32(&self.lm_head.forward_no_bias(&last_position(&h)?)?)?;
-            let vocab = self.logits_bias.len();
-            let mut out = y.flatten_all()?.to_vec1::<f32>()?;
-            for row in out.chunks_mut(vocab) {
-                for (x, b) in row.iter_mut().zip(&self.logits_bias) {
-                    *x += b;
-                }
-            }
-            return Ok(out);
-        }
-        // [vocab, rows]: the LM head's fastest layout; transposed on the host,
-        // adding final_logits_bias on the way.
-        let lt = to_f32(
-            &self
-                .lm_head
-                .forward_transposed_no_bias(&last_position(&h)?)?,
-        )?;
-        let (vocab, rows) = lt.dims2()?;
-        let src = lt.flatten_all()?.to_vec1::<f32>()?;
-        Ok(transpose_add(&src, vocab, rows, &self.logits_bias))
+        // [rows, vocab] with final_logits_bias, on the host.
+        self.lm_head.forward_host(&last_position(&h)?)
     }
 
     fn select_rows(&self, state: &mut BartState, rows: &[u32]) -> Result<()> {
@@ -778,4 +676,10 @@ impl Seq2Seq for BartModel {
     fn max_target_positions(&self) -> usize {
         self.config.max_position_embeddings
     }
+}
+
+/// Last position of [b, t, d] as [b, d].
+fn last_position(x: &Tensor) -> Result<Tensor> {
+    let t = x.dim(1)?;
+    Ok(x.narrow(1, t - 1, 1)?.squeeze(1)?)
 }

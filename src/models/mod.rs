@@ -1,12 +1,21 @@
-//! Model maths: the encoder-decoder architectures transum runs, and the small
-//! [`Seq2Seq`] trait that generation is written against.
+//! Model maths: the encoder-decoder architectures transum runs, the layers
+//! they are built of, and the small [`Seq2Seq`] trait that generation is
+//! written against.
 //!
 //! Nothing here reads files, tokenizes or knows about the CLI: weights arrive
-//! through a candle `VarBuilder` built by `weights.rs`, which also carries the
-//! device and dtype. `config.json` is deserialized into [`bart::BartConfig`].
+//! by name through [`crate::weights::Weights`] (the Hugging Face tensor names),
+//! which also carries the device and dtype; `config.json` is deserialized into
+//! [`bart::BartConfig`]. One file per idea: `linear.rs` (every weight format
+//! behind one projection), `attention.rs` (with its masks), `kv_cache.rs`,
+//! `norm.rs` (layer norm, activations), `embedding.rs` (token tables and
+//! positions), and `bart.rs`, the one file of the BART family.
 
+pub mod attention;
 pub mod bart;
-pub mod layers;
+pub mod embedding;
+pub mod kv_cache;
+pub mod linear;
+pub mod norm;
 
 use candle_core::Tensor;
 

@@ -169,10 +169,9 @@ fn every_format_is_measured_against_f32() {
         // Both as Translator::load leaves them on the CPU: packed, and with a
         // q8_0 head the tied tables read its dequantized rows.
         let (_, f) = wide_model(7);
-        let f = f.pack().unwrap();
+        let (f, _, _) = f.prepare(&Placement::cpu()).unwrap();
         let (_, q) = wide_model(7);
-        let (q, done, kept) = q.quantize(dtype).unwrap();
-        let q = q.pack().unwrap();
+        let (q, done, kept) = q.prepare(&Placement::cpu_quantized(dtype)).unwrap();
         assert_eq!(
             (done, kept),
             (2 * 6 + 2 * 10 + 1, 0),
@@ -259,8 +258,8 @@ fn gguf_round_trip_is_exact() {
     // f16 storage: weights come back as the f16 rounding of the originals.
     let out16 = dir.path().join("f16");
     transum::quantize::quantize_checkpoint(&files, GgmlDType::F16, &out16).unwrap();
-    let w32 = Weights::load(&files.weights, &Device::Cpu, DType::F32).unwrap();
-    let w16 = Weights::load(&out16.join("model.gguf"), &Device::Cpu, DType::F32).unwrap();
+    let w32 = Weights::load(&files.weights, &Placement::cpu(), false).unwrap();
+    let w16 = Weights::load(&out16.join("model.gguf"), &Placement::cpu(), false).unwrap();
     let name = "model.encoder.layers.0.fc1.weight";
     let a = w32
         .get(name, &[64, 32])

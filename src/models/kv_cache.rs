@@ -1,0 +1,230 @@
+//! The decoder's key/value caches: cross-attention K/V computed once per
+//! batch, and the self-attention cache that grows by one position per step and
+//! follows beam search's row reorders.
+
+use candle_core::Tensor;
+
+use crate::cpu::CpuView;
+use crate::error::Result;
+
+/// Cached keys and values, [rows, heads, len, head_dim].
+#[derive(Debug, Clone)]
+pub struct KeyValue {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+impl KeyValue {
+    /// Keep the given rows (dim 0) in order.
+    pub fn select(&self, idx: &Tensor) -> Result<Self> {
+        Ok(KeyValue {
+            k: self.k.index_select(idx, 0)?,
+            v: self.v.index_select(idx, 0)?,
+        })
+    }
+}
+
+/// One decoder layer's self-attention cache.
+#[derive(Debug, Clone)]
+pub enum Cache {
+    /// Candle tensors [rows, heads, len, hd]: any device, any query count.
+    Tensors(KeyValue),
+    /// Host buffers with spare capacity, updated in place (CPU f32 decoding).
+    Host(HostCache),
+}
+
+/// Keys and values on the host, [rows, heads, cap, hd] filled to `len`.
+///
+/// Appending a step writes one position per row in place, and a beam reorder
+/// moves only the rows whose source changed (about a fifth of them in beam
+/// search): the tensor cache copied every row at every step, 40 MB per step
+/// at opus-mt's size late in a beam-4 batch.
+#[derive(Debug, Clone)]
+pub struct HostCache {
+    pub(super) k: Vec<f32>,
+    pub(super) v: Vec<f32>,
+    rows: usize,
+    heads: usize,
+    pub(super) cap: usize,
+    pub(super) len: usize,
+    hd: usize,
+}
+
+impl HostCache {
+    pub(super) fn empty(heads: usize, hd: usize) -> Self {
+        HostCache {
+            k: Vec::new(),
+            v: Vec::new(),
+            rows: 0,
+            heads,
+            cap: 0,
+            len: 0,
+            hd,
+        }
+    }
+
+    /// Floats per row (all heads, full capacity).
+    pub(super) fn row_len(&self) -> usize {
+        self.heads * self.cap * self.hd
+    }
+
+    /// Make row i hold old row `reorder[i]` (`rows` rows when there is no
+    /// reorder), then append `t` positions from `k_new`/`v_new` [rows, heads, t, hd].
+    pub(super) fn append(
+        &mut self,
+        reorder: Option<&[u32]>,
+        rows: usize,
+        t: usize,
+        k_new: &[f32],
+        v_new: &[f32],
+    ) {
+        use rayon::prelude::*;
+        let (heads, hd) = (self.heads, self.hd);
+        let rows_alloc = if self.row_len() == 0 {
+            0
+        } else {
+            self.k.len() / self.row_len()
+        };
+        if rows > rows_alloc || self.len + t > self.cap {
+            // Grow: a fresh buffer with doubled capacity, rows gathered into it.
+            let cap = (self.len + t).max(2 * self.cap).max(16);
+            let row_len = heads * cap * hd;
+            let (old_cap, len) = (self.cap, self.len);
+            let gather = |old: &[f32]| {
+                let mut buf = vec![0f32; rows * row_len];
+                buf.par_chunks_mut(row_len)
+                    .enumerate()
+                    .for_each(|(r, dst)| {
+                        if len == 0 {
+                            return;
+                        }
+                        let src = reorder.map_or(r, |idx| idx[r] as usize);
+                        for h in 0..heads {
+                            let o = (src * heads + h) * old_cap * hd;
+                            dst[h * cap * hd..h * cap * hd + len * hd]
+                                .copy_from_slice(&old[o..o + len * hd]);
+                        }
+                    });
+                buf
+            };
+            self.k = gather(&self.k);
+            self.v = gather(&self.v);
+            self.cap = cap;
+        } else if let Some(idx) = reorder.filter(|_| self.len > 0) {
+            // In place: only rows whose source differs move. Their sources are
+            // copied out first, since a source may itself be overwritten.
+            let (cap, len) = (self.cap, self.len);
+            let moved: Vec<(usize, usize)> = idx
+                .iter()
+                .enumerate()
+                .filter(|&(r, &src)| r != src as usize)
+                .map(|(r, &src)| (r, src as usize))
+                .collect();
+            // The filled part of head h of row r.
+            let span = |r: usize, h: usize| {
+                let o = (r * heads + h) * cap * hd;
+                o..o + len * hd
+            };
+            for buf in [&mut self.k, &mut self.v] {
+                let mut saved = Vec::with_capacity(moved.len() * heads * len * hd);
+                for &(_, src) in &moved {
+                    for h in 0..heads {
+                        saved.extend_from_slice(&buf[span(src, h)]);
+                    }
+                }
+                for (&(r, _), data) in moved.iter().zip(saved.chunks(heads * len * hd)) {
+                    for h in 0..heads {
+                        buf[span(r, h)].copy_from_slice(&data[h * len * hd..(h + 1) * len * hd]);
+                    }
+                }
+            }
+        }
+        let (cap, len) = (self.cap, self.len);
+        let row_len = heads * cap * hd;
+        for (buf, new) in [(&mut self.k, k_new), (&mut self.v, v_new)] {
+            buf[..rows * row_len]
+                .par_chunks_mut(row_len)
+                .enumerate()
+                .for_each(|(r, dst)| {
+                    for h in 0..heads {
+                        let n0 = (r * heads + h) * t * hd;
+                        let d0 = h * cap * hd + len * hd;
+                        dst[d0..d0 + t * hd].copy_from_slice(&new[n0..n0 + t * hd]);
+                    }
+                });
+        }
+        self.rows = rows;
+        self.len += t;
+    }
+
+    /// The cache as tensors [rows, heads, len, hd], with `reorder` applied.
+    pub(super) fn to_tensors(
+        &self,
+        reorder: Option<&[u32]>,
+        device: &candle_core::Device,
+    ) -> Result<KeyValue> {
+        let (heads, hd, cap, len) = (self.heads, self.hd, self.cap, self.len);
+        let rows = reorder.map_or(self.rows, <[u32]>::len);
+        let take = |buf: &[f32]| -> Result<Tensor> {
+            let mut out = Vec::with_capacity(rows * heads * len * hd);
+            for r in 0..rows {
+                let src = reorder.map_or(r, |idx| idx[r] as usize);
+                for h in 0..heads {
+                    let o = (src * heads + h) * cap * hd;
+                    out.extend_from_slice(&buf[o..o + len * hd]);
+                }
+            }
+            Ok(Tensor::from_vec(out, (rows, heads, len, hd), device)?)
+        };
+        Ok(KeyValue {
+            k: take(&self.k)?,
+            v: take(&self.v)?,
+        })
+    }
+}
+
+/// `cat([old[reorder], new], dim 2)` for caches [rows, heads, len, hd], in one
+/// copy on the CPU (candle would copy twice: index_select, then cat).
+pub(super) fn append_rows(old: &Tensor, reorder: Option<&[u32]>, new: &Tensor) -> Result<Tensor> {
+    let (_, h, len, hd) = old.dims4()?;
+    // The new rows: after a reorder the cache may have more (or fewer) old rows.
+    let (rows, _, t, _) = new.dims4()?;
+    if let (Some(o), Some(n)) = (CpuView::new(old), CpuView::new(new)) {
+        use rayon::prelude::*;
+        let (od, nd) = (o.slice(), n.slice());
+        let total = len + t;
+        let row_len = h * total * hd;
+        // Rows in parallel, written once: no zeroing of a buffer that is
+        // overwritten whole (the caches are tens of MB per step in beam search).
+        let mut out = Vec::<f32>::with_capacity(rows * row_len);
+        out.spare_capacity_mut()
+            .par_chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(r, dst)| {
+                let src_row = reorder.map_or(r, |idx| idx[r] as usize);
+                for head in 0..h {
+                    let d = &mut dst[head * total * hd..(head + 1) * total * hd];
+                    let o0 = (src_row * h + head) * len * hd;
+                    let n0 = (r * h + head) * t * hd;
+                    // SAFETY: d holds (len + t) * hd slots; both sources are in bounds.
+                    unsafe {
+                        let p = d.as_mut_ptr() as *mut f32;
+                        std::ptr::copy_nonoverlapping(od[o0..o0 + len * hd].as_ptr(), p, len * hd);
+                        std::ptr::copy_nonoverlapping(
+                            nd[n0..n0 + t * hd].as_ptr(),
+                            p.add(len * hd),
+                            t * hd,
+                        );
+                    }
+                }
+            });
+        // SAFETY: every row chunk was written whole above.
+        unsafe { out.set_len(rows * row_len) };
+        return Ok(Tensor::from_vec(out, (rows, h, total, hd), old.device())?);
+    }
+    let old = match reorder {
+        Some(idx) => old.index_select(&Tensor::from_slice(idx, idx.len(), old.device())?, 0)?,
+        None => old.clone(),
+    };
+    Ok(Tensor::cat(&[&old, new], 2)?)
+}
