@@ -1,17 +1,23 @@
-//! Command-line arguments (clap derive) and their resolution into library
-//! settings. Parsing and printing only: the work happens in the library.
+//! Command-line arguments and their resolution into library settings, as
+//! ripgrep does it: clap parses raw arguments (option groups shared by the
+//! commands are flattened once), then each group resolves once into what the
+//! library takes (hub options, placement, generation overrides, summarizer).
+//! Parsing, resolving and printing only: the work happens in the library.
+//! Progress display lives in `cli/progress.rs`.
 
-use std::io::{IsTerminal, Read, Write};
+mod progress;
+
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use transum::device::Placement;
 use transum::generation::GenerationOverrides;
 use transum::hub::{self, HubOptions, ModelSpec};
+use transum::outputs::{Manifest, ModelRecord, Status};
 use transum::summary::{Article, Summarizer, DEFAULT_SUMMARY_MODEL};
 use transum::{Translator, DEFAULT_MODEL};
 
@@ -86,13 +92,47 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub out: PathBuf,
 
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// The model cache directory.
+#[derive(Debug, Args)]
+pub struct CacheDir {
     /// Cache directory for downloaded models (hub layout).
     #[arg(long, env = "TRANSUM_MODELS", default_value = "models")]
     pub models_dir: PathBuf,
+}
+
+/// Where models come from: the cache, and whether the network may be used.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(flatten)]
+    pub dir: CacheDir,
 
     /// Never use the network; read models from the cache only.
     #[arg(long, env = "HF_HUB_OFFLINE", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0, default_missing_value = "true")]
     pub offline: bool,
+}
+
+impl CacheArgs {
+    /// The hub options every model of the command is resolved with.
+    fn hub(&self) -> HubOptions {
+        HubOptions {
+            cache_dir: self.dir.models_dir.clone(),
+            offline: self.offline,
+            endpoint: None,
+        }
+    }
+}
+
+/// `--quantize` (or `--summary-quantize`) as a placement: f32 on the CPU, its
+/// projections quantized at load when a format is named.
+fn placement(quantize: Option<&str>) -> Result<Placement> {
+    Ok(match quantize {
+        Some(q) => Placement::cpu_quantized(transum::device::parse_quant(q)?),
+        None => Placement::cpu(),
+    })
 }
 
 /// Which summarizer writes the merged summary.
@@ -140,13 +180,8 @@ pub struct SummarizeArgs {
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
 
-    /// Cache directory for downloaded models (hub layout).
-    #[arg(long, env = "TRANSUM_MODELS", default_value = "models")]
-    pub models_dir: PathBuf,
-
-    /// Never use the network; read models from the cache only.
-    #[arg(long, env = "HF_HUB_OFFLINE", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0, default_missing_value = "true")]
-    pub offline: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +196,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
 
     #[command(flatten)]
     pub search: SearchArgs,
@@ -188,9 +226,8 @@ pub struct DownloadArgs {
     #[arg(default_values_t = [DEFAULT_MODEL.to_string(), DEFAULT_SUMMARY_MODEL.to_string()])]
     pub models: Vec<String>,
 
-    /// Cache directory for downloaded models (hub layout).
-    #[arg(long, env = "TRANSUM_MODELS", default_value = "models")]
-    pub models_dir: PathBuf,
+    #[command(flatten)]
+    pub cache: CacheDir,
 
     /// Fetch every file again even if cached (repairs a corrupt or truncated download).
     #[arg(long)]
@@ -257,14 +294,6 @@ pub struct ModelArgs {
     #[arg(long, short = 'm', default_value = DEFAULT_MODEL)]
     pub model: String,
 
-    /// Cache directory for downloaded models (hub layout).
-    #[arg(long, env = "TRANSUM_MODELS", default_value = "models")]
-    pub models_dir: PathBuf,
-
-    /// Never use the network; read models from the cache only.
-    #[arg(long, env = "HF_HUB_OFFLINE", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false", num_args = 0, default_missing_value = "true")]
-    pub offline: bool,
-
     /// Quantize the translation model's projections at load (q8_0, q4k, q6k): smaller
     /// and, with q8_0, nearly as accurate; no files written (see `transum quantize`).
     #[arg(long)]
@@ -279,6 +308,9 @@ pub struct TranslateArgs {
 
     #[command(flatten)]
     pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
 
     #[command(flatten)]
     pub search: SearchArgs,
@@ -301,15 +333,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn quantize(args: QuantizeArgs) -> Result<ExitCode> {
     let dtype = transum::quantize::parse_dtype(&args.dtype)?;
-    let spec = ModelSpec::parse(&args.model)?;
-    let files = hub::resolve(
-        &spec,
-        &HubOptions {
-            cache_dir: args.models_dir.clone(),
-            offline: args.offline,
-            endpoint: None,
-        },
-    )?;
+    let files = hub::resolve(&ModelSpec::parse(&args.model)?, &args.cache.hub())?;
     files.record()?;
     let report = transum::quantize::quantize_checkpoint(&files, dtype, &args.out)?;
     eprintln!(
@@ -343,11 +367,7 @@ fn quantize(args: QuantizeArgs) -> Result<ExitCode> {
 }
 
 /// Load the summarizer `args` ask for (`None` for `--summarizer none`).
-fn load_summarizer(
-    args: &SummaryArgs,
-    models_dir: &std::path::Path,
-    offline: bool,
-) -> Result<Option<Summarizer>> {
+fn load_summarizer(args: &SummaryArgs, hub: &HubOptions) -> Result<Option<Summarizer>> {
     if args.max_words == 0 {
         anyhow::bail!("--max-words must be at least 1\n  hint: the default is 150");
     }
@@ -355,20 +375,9 @@ fn load_summarizer(
         SummarizerKind::None => None,
         SummarizerKind::Extractive => Some(Summarizer::Extractive),
         SummarizerKind::Abstractive => {
-            let spec = ModelSpec::parse(&args.summary_model)?;
-            let files = hub::resolve(
-                &spec,
-                &HubOptions {
-                    cache_dir: models_dir.to_path_buf(),
-                    offline,
-                    endpoint: None,
-                },
-            )?;
+            let files = hub::resolve(&ModelSpec::parse(&args.summary_model)?, hub)?;
             let record = files.record()?;
-            let placement = match &args.summary_quantize {
-                Some(q) => Placement::cpu_quantized(transum::device::parse_quant(q)?),
-                None => Placement::cpu(),
-            };
+            let placement = placement(args.summary_quantize.as_deref())?;
             let model = Translator::load(&files, &placement, &GenerationOverrides::default())?;
             let kind = model.model.config().model_type.clone();
             if kind == "marian" {
@@ -399,8 +408,8 @@ fn summarize(args: SummarizeArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| f.display().to_string());
         articles.push(Article { name, text });
     }
-    let summarizer = load_summarizer(&args.summary, &args.models_dir, args.offline)?
-        .expect("none was rejected above");
+    let summarizer =
+        load_summarizer(&args.summary, &args.cache.hub())?.expect("none was rejected above");
     let summary = summarizer.summarize(&articles, args.summary.max_words)?;
     match &args.output {
         Some(dir) => {
@@ -423,24 +432,14 @@ fn summarize(args: SummarizeArgs) -> Result<ExitCode> {
 fn load_translator(
     model: &ModelArgs,
     search: &SearchArgs,
-) -> Result<(Translator, transum::pipeline::ModelRecord)> {
+    hub: &HubOptions,
+) -> Result<(Translator, ModelRecord)> {
     let overrides = search.overrides()?;
-    let spec = ModelSpec::parse(&model.model)?;
-    let files = hub::resolve(
-        &spec,
-        &HubOptions {
-            cache_dir: model.models_dir.clone(),
-            offline: model.offline,
-            endpoint: None,
-        },
-    )?;
+    let files = hub::resolve(&ModelSpec::parse(&model.model)?, hub)?;
     // Hash (and check against the hub) before loading: a corrupt download is
     // named as such, not as whatever parse error it happens to cause.
     let record = files.record()?;
-    let placement = match &model.quantize {
-        Some(q) => Placement::cpu_quantized(transum::device::parse_quant(q)?),
-        None => Placement::cpu(),
-    };
+    let placement = placement(model.quantize.as_deref())?;
     let mut translator = Translator::load(&files, &placement, &overrides)?;
     translator.batch_tokens = search.batch_tokens;
     Ok((translator, record))
@@ -453,27 +452,10 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
             args.corpus.display()
         );
     }
-    let (translator, record) = load_translator(&args.model, &args.search)?;
+    let hub = args.cache.hub();
+    let (translator, record) = load_translator(&args.model, &args.search, &hub)?;
     // Loaded before translating: a missing summary model is a setup error, found at once.
-    let summarizer = load_summarizer(&args.summary, &args.model.models_dir, args.model.offline)?;
-    let tty = std::io::stderr().is_terminal();
-    // On a terminal: an overall bar (articles) and a bar for the current article (segments).
-    let multi = indicatif::MultiProgress::new();
-    if !tty {
-        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let overall = multi.add(ProgressBar::new(0));
-    overall.set_style(
-        ProgressStyle::with_template("overall [{bar:30}] {pos}/{len} articles, {elapsed} elapsed")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    let bar = multi.add(ProgressBar::new(0));
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} segments, eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let summarizer = load_summarizer(&args.summary, &hub)?;
     let opts = transum::pipeline::RunOptions {
         corpus: args.corpus.clone(),
         outputs: args.outputs.clone(),
@@ -482,55 +464,22 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         wait: args.wait,
         prune: args.prune,
     };
-    let spinner = std::cell::RefCell::new(None::<ProgressBar>);
-    let manifest = transum::pipeline::run(
-        &translator,
-        record,
-        summarizer.as_ref(),
-        &opts,
-        |articles| {
-            let what = format!(
-                "summarizing {articles} article(s) ({})",
-                args.summary
-                    .summarizer
-                    .to_possible_value()
-                    .map(|v| v.get_name().to_string())
-                    .unwrap_or_default()
-            );
-            if tty {
-                bar.finish_and_clear();
-                let sp = multi.add(ProgressBar::new_spinner());
-                sp.set_message(what);
-                sp.enable_steady_tick(std::time::Duration::from_millis(120));
-                *spinner.borrow_mut() = Some(sp);
-            } else {
-                eprintln!("{what}");
-            }
-        },
-        |path, i, n| {
-            let name = path
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if tty {
-                overall.set_length(n as u64);
-                overall.set_position(i as u64);
-                bar.set_prefix(name);
-                bar.set_position(0);
-            } else {
-                eprintln!("[{}/{n}] translating {name}", i + 1);
-            }
-        },
-        |_, done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
-    )?;
-    if let Some(sp) = spinner.into_inner() {
-        sp.finish_and_clear();
-    }
-    bar.finish_and_clear();
-    overall.finish_and_clear();
+    let kind = args
+        .summary
+        .summarizer
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    let mut bars = progress::RunBars::new(&kind);
+    let manifest =
+        transum::pipeline::run(&translator, record, summarizer.as_ref(), &opts, &mut bars)?;
+    bars.finish();
+    Ok(report_run(&manifest, &args))
+}
+
+/// The end-of-run lines on stderr, and the exit code: 0 when every article
+/// and the summary are done, 1 when some failed (each named with its error).
+fn report_run(manifest: &Manifest, args: &RunArgs) -> ExitCode {
     if manifest.articles.is_empty() {
         eprintln!(
             "{}: no articles (*.txt) to translate; nothing to do",
@@ -540,12 +489,12 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
     let failed: Vec<_> = manifest
         .articles
         .iter()
-        .filter(|a| a.status == "failed")
+        .filter(|a| a.status == Status::Failed)
         .collect();
     let cached = manifest
         .articles
         .iter()
-        .filter(|a| a.status == "cached")
+        .filter(|a| a.status == Status::Cached)
         .count();
     eprintln!(
         "{} of {} articles done ({cached} unchanged since the last run, kept) in {} ({} new tokens, {:.1} tokens/s); manifest: {}",
@@ -570,11 +519,11 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         );
     }
     let summary_failed = match &manifest.summary {
-        Some(s) if s.status != "failed" => {
+        Some(s) if s.status.succeeded() => {
             eprintln!(
                 "{} summary ({}) of {} article(s), {} sentence(s): {}",
                 s.summarizer,
-                if s.status == "cached" {
+                if s.status == Status::Cached {
                     "unchanged, kept"
                 } else {
                     "written"
@@ -595,7 +544,7 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         None => false,
     };
     if failed.is_empty() && !summary_failed {
-        return Ok(ExitCode::SUCCESS);
+        return ExitCode::SUCCESS;
     }
     if !failed.is_empty() {
         eprintln!("{} article(s) failed:", failed.len());
@@ -607,7 +556,7 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
             a.error.as_deref().unwrap_or("unknown error")
         );
     }
-    Ok(ExitCode::from(1))
+    ExitCode::from(1)
 }
 
 /// "positions: 2, source_factor: 1".
@@ -626,16 +575,12 @@ fn download(args: DownloadArgs) -> Result<ExitCode> {
                 "{m} is a local directory; `download` fetches hub models (org/name[@revision])"
             );
         };
-        let files = hub::download(
-            id,
-            revision,
-            &HubOptions {
-                cache_dir: args.models_dir.clone(),
-                offline: false,
-                endpoint: None,
-            },
-            args.force,
-        )?;
+        let hub = HubOptions {
+            cache_dir: args.cache.models_dir.clone(),
+            offline: false,
+            endpoint: None,
+        };
+        let files = hub::download(id, revision, &hub, args.force)?;
         // Check what arrived against the hub's hashes now, not on the night.
         files.record()?;
         eprintln!("{id}@{revision}: ready in {}", files.dir.display());
@@ -671,7 +616,7 @@ fn read_input(input: &str) -> Result<String> {
 
 fn translate(args: TranslateArgs) -> Result<ExitCode> {
     let text = read_input(&args.input)?;
-    let (translator, _) = load_translator(&args.model, &args.search)?;
+    let (translator, _) = load_translator(&args.model, &args.search, &args.cache.hub())?;
 
     let lines: Vec<&str> = text.lines().collect();
     let name = if args.input == "-" {
@@ -707,19 +652,7 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
         units.push(encoded.len() - before);
     }
 
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(encoded.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} translating [{bar:30}] {pos}/{len} units, {elapsed} elapsed, eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress::translate_bar(encoded.len());
     let out = translator.translate_encoded(encoded, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     let mut cuts = std::collections::BTreeMap::<&str, usize>::new();

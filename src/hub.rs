@@ -326,7 +326,7 @@ impl ModelFiles {
     /// The model's identity for a manifest: id, revisions and file hashes.
     /// A hub file whose sha256 differs from what the hub reported is an error
     /// (a truncated or altered download), found before anything is loaded.
-    pub fn record(&self) -> Result<crate::pipeline::ModelRecord> {
+    pub fn record(&self) -> Result<crate::outputs::ModelRecord> {
         let mut files = std::collections::BTreeMap::new();
         let mut names: Vec<&str> = vec!["config.json"];
         names.extend(TOKENIZER_FILES);
@@ -343,7 +343,7 @@ impl ModelFiles {
             .collect();
         paths.push((weights, self.weights.clone()));
         for (name, p) in paths {
-            let got = crate::pipeline::sha256_file(&p)?;
+            let got = crate::outputs::sha256_file(&p)?;
             if let Some(want) = hub_sha256(&p) {
                 if want != got {
                     let fix = match &self.spec {
@@ -363,13 +363,13 @@ impl ModelFiles {
             files.insert(name, got);
         }
         Ok(match &self.spec {
-            ModelSpec::Local(dir) => crate::pipeline::ModelRecord {
+            ModelSpec::Local(dir) => crate::outputs::ModelRecord {
                 id: dir.display().to_string(),
                 revision: None,
                 resolved_revision: None,
                 files,
             },
-            ModelSpec::Hub { id, revision } => crate::pipeline::ModelRecord {
+            ModelSpec::Hub { id, revision } => crate::outputs::ModelRecord {
                 id: id.clone(),
                 revision: Some(revision.clone()),
                 // hf-hub keeps files under snapshots/<commit>/.

@@ -20,6 +20,7 @@ pub mod generation;
 pub mod hub;
 pub mod lock;
 pub mod models;
+pub mod outputs;
 pub mod pipeline;
 pub mod quantize;
 pub mod summary;

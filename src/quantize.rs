@@ -205,7 +205,7 @@ pub fn quantize_checkpoint(
                     Some(Box::new(e)),
                 )
             })?;
-            crate::pipeline::write_atomic(&out.join(c), &bytes)?;
+            crate::outputs::write_atomic(&out.join(c), &bytes)?;
         }
     }
     let bytes = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);

@@ -18,7 +18,18 @@ use candle_core::{DType, Device, Tensor};
 use crate::cpu::matmul::PackedMatrix;
 use crate::device::Placement;
 use crate::error::{Error, Result};
-use crate::models::linear::Weight;
+
+/// A projection's weight matrix [out, in] in one of the forms it can take
+/// (see `models::linear`, which multiplies by each).
+#[derive(Debug, Clone)]
+pub enum Weight {
+    /// A plain tensor on any device, in any float dtype.
+    Dense(Tensor),
+    /// GGML blocks multiplied by candle (`QMatMul`).
+    Quantized(QMatMul),
+    /// Panels for the CPU kernel (f32 or q8_0).
+    Packed(PackedMatrix),
+}
 
 /// Weight file names we know, in order of preference.
 pub const WEIGHT_FILES: [&str; 3] = ["model.safetensors", "pytorch_model.bin", "model.gguf"];

@@ -19,21 +19,11 @@ use crate::cpu::matmul::PackedMatrix;
 use crate::cpu::{with_f32, CpuView};
 use crate::device::Placement;
 use crate::error::{Error, Result};
+pub use crate::weights::Weight;
 use crate::weights::Weights;
 
 /// Up to this many rows, a dense CPU weight computes `(W·xᵀ)ᵀ` (see [`Linear::forward`]).
 const SMALL_BATCH_ROWS: usize = 32;
-
-/// The weight of a projection, [out, in].
-#[derive(Debug, Clone)]
-pub enum Weight {
-    /// A plain tensor on any device, in any float dtype.
-    Dense(Tensor),
-    /// GGML blocks multiplied by candle (`QMatMul`).
-    Quantized(QMatMul),
-    /// Panels for the CPU kernel (f32 or q8_0).
-    Packed(PackedMatrix),
-}
 
 /// What [`Linear::prepare`] did to one projection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

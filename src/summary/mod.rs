@@ -23,11 +23,10 @@ pub mod similarity;
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::Result;
-use crate::generation::GenerationOptions;
-use crate::pipeline::ModelRecord;
+use crate::outputs::{ModelRecord, Status, SummaryRecord};
 use crate::Translator;
 use similarity::{SimilarityIndex, RELATED, SAME_FACT};
 
@@ -43,35 +42,6 @@ pub enum Summarizer {
         id: String,
         record: ModelRecord,
     },
-}
-
-/// The summary stage's entry in `manifest.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SummaryRecord {
-    pub summarizer: String,
-    pub model: Option<ModelRecord>,
-    /// Precision of the summary model's projections (f32, q8_0, ...).
-    #[serde(default)]
-    pub precision: Option<String>,
-    pub generation: Option<GenerationOptions>,
-    pub max_words: usize,
-    pub same_fact_threshold: f32,
-    pub related_threshold: f32,
-    pub supports_threshold: f32,
-    pub articles: usize,
-    pub sentences: usize,
-    /// "ok", "cached" (inputs and settings unchanged, files intact) or "failed".
-    pub status: String,
-    pub error: Option<String>,
-    /// Hash of everything the summary depends on (settings and inputs).
-    #[serde(default)]
-    pub cache_key: Option<String>,
-    /// sha256 of summary.md and summary.json as written.
-    #[serde(default)]
-    pub summary_md_sha256: Option<String>,
-    #[serde(default)]
-    pub summary_json_sha256: Option<String>,
-    pub seconds: f64,
 }
 
 impl Summarizer {
@@ -113,7 +83,11 @@ impl Summarizer {
             supports_threshold: similarity::SUPPORTS,
             articles,
             sentences: result.as_ref().map_or(0, |s| s.sentences.len()),
-            status: if result.is_ok() { "ok" } else { "failed" }.into(),
+            status: if result.is_ok() {
+                Status::Ok
+            } else {
+                Status::Failed
+            },
             error: result.as_ref().err().cloned(),
             cache_key: None,
             summary_md_sha256: None,
@@ -477,12 +451,12 @@ impl Summary {
     /// returns their sha256.
     pub fn write(&self, dir: &Path) -> Result<(String, String)> {
         let md = self.to_markdown();
-        crate::pipeline::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
+        crate::outputs::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
         let json = serde_json::to_vec_pretty(self).expect("the summary serializes");
-        crate::pipeline::write_atomic(&dir.join("summary.json"), &json)?;
+        crate::outputs::write_atomic(&dir.join("summary.json"), &json)?;
         Ok((
-            crate::pipeline::sha256_bytes(md.as_bytes()),
-            crate::pipeline::sha256_bytes(&json),
+            crate::outputs::sha256_bytes(md.as_bytes()),
+            crate::outputs::sha256_bytes(&json),
         ))
     }
 }

@@ -273,3 +273,35 @@ fn pytorch_bin_checkpoint_loads_by_name() {
     );
     assert!(u32s(&o["ids"]).len() > 7);
 }
+
+#[test]
+fn a_closed_stdout_ends_translate_quietly() {
+    // `transum translate a.txt | head -1`: the reader leaves early.
+    use std::io::Write;
+    let dir = TempDir::new("pipe");
+    let model = fixture_model("marian-a");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_transum"))
+        .args([
+            "translate",
+            "-",
+            "-m",
+            model.to_str().unwrap(),
+            "--beams",
+            "1",
+        ])
+        .args(["--max-new-tokens", "4"])
+        .current_dir(dir.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let lines = "Le Kremlin a répondu.\n".repeat(2000);
+    let _ = child.stdin.take().unwrap().write_all(lines.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("error"), "{err}");
+}

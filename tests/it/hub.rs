@@ -95,7 +95,7 @@ fn serve(mut stream: std::net::TcpStream, repos: &[(&'static str, PathBuf)]) {
         .unwrap();
     let end = range_end.unwrap_or(data.len() - 1).min(data.len() - 1);
     let body = &data[range_start..=end];
-    let etag = transum::pipeline::sha256_file(&file).unwrap();
+    let etag = transum::outputs::sha256_file(&file).unwrap();
     let head = format!(
         "HTTP/1.1 206 Partial Content\r\nETag: \"{etag}\"\r\nX-Repo-Commit: {COMMIT}\r\nContent-Range: bytes {range_start}-{end}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         data.len(),

@@ -153,7 +153,7 @@ fn run_translates_the_corpus_with_a_manifest() {
         );
         assert_eq!(
             a["source_sha256"].as_str().unwrap(),
-            transum::pipeline::sha256_file(&corpus_dir().join(source)).unwrap()
+            transum::outputs::sha256_file(&corpus_dir().join(source)).unwrap()
         );
     }
     assert_eq!(m["version"], env!("CARGO_PKG_VERSION"));
@@ -163,7 +163,7 @@ fn run_translates_the_corpus_with_a_manifest() {
     let files = m["model"]["files"].as_object().unwrap();
     assert_eq!(
         files["model.safetensors"].as_str().unwrap(),
-        transum::pipeline::sha256_file(&model.join("model.safetensors")).unwrap()
+        transum::outputs::sha256_file(&model.join("model.safetensors")).unwrap()
     );
     assert!(m["tokens_per_second"].as_f64().unwrap() > 0.0);
     // The summary stage ran last, with the default (abstractive) summarizer.
@@ -175,7 +175,7 @@ fn run_translates_the_corpus_with_a_manifest() {
     assert_eq!(s["generation"]["no_repeat_ngram_size"], 3);
     assert_eq!(
         s["model"]["files"]["model.safetensors"].as_str().unwrap(),
-        transum::pipeline::sha256_file(&bart.join("model.safetensors")).unwrap()
+        transum::outputs::sha256_file(&bart.join("model.safetensors")).unwrap()
     );
     let summary: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("outputs/summary.json")).unwrap(),

@@ -86,3 +86,14 @@ fn legacy_bart_config_fields_give_the_checkpoint_settings() {
         (None, 1, 0)
     );
 }
+
+#[test]
+fn a_candle_error_is_printed_once() {
+    let e: transum::Error = candle_core::Error::Msg("shape mismatch in matmul".into()).into();
+    let shown = format!("{:#}", anyhow::Error::from(e));
+    assert_eq!(
+        shown.matches("shape mismatch in matmul").count(),
+        1,
+        "{shown}"
+    );
+}
