@@ -8,7 +8,8 @@ use serde_json::Value;
 use transum::generation::{factor_cap, GenerationOverrides, LengthLimit, LENGTH_FACTOR_SLACK};
 
 use crate::harness::{
-    assert_success, fixture_model, golden, overrides, translator, transum, TempDir,
+    assert_setup_error, assert_success, fixture_model, golden, overrides, translator, transum,
+    TempDir,
 };
 use crate::parity::assert_outputs_match;
 use crate::run::{copy_corpus, manifest};
@@ -243,12 +244,7 @@ fn translate_flags_for_length_and_their_errors() {
         ],
         Some("Bonjour.\n"),
     );
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--max-length-factor") && err.contains("--max-new-tokens"),
-        "{err}"
-    );
+    assert_setup_error(&out, &["--max-length-factor", "--max-new-tokens"]);
 
     for bad in ["--max-length-factor=-1", "--max-length-factor=nan"] {
         let out = transum(
@@ -256,24 +252,20 @@ fn translate_flags_for_length_and_their_errors() {
             &["translate", "-", "-m", m, bad],
             Some("Bonjour.\n"),
         );
-        assert_eq!(out.status.code(), Some(2), "{bad}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("hint: use a number >= 0"), "{bad}: {err}");
+        assert_setup_error(&out, &["hint: use a number >= 0"]);
     }
     let out = transum(
         dir.path(),
         &["translate", "-", "-m", m, "--beams", "0"],
         Some("Bonjour.\n"),
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("hint: use 1 for greedy search"));
+    assert_setup_error(&out, &["hint: use 1 for greedy search"]);
     let out = transum(
         dir.path(),
         &["translate", "-", "-m", m, "--max-new-tokens", "0"],
         Some("Bonjour.\n"),
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("hint: use --max-new-tokens 1 or more"));
+    assert_setup_error(&out, &["hint: use --max-new-tokens 1 or more"]);
 }
 
 #[test]
@@ -346,11 +338,11 @@ fn an_unsupported_model_names_its_config() {
         &["translate", "-", "-m", bad.to_str().unwrap()],
         Some("Bonjour.\n"),
     );
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("t5-model/config.json: model_type \"t5\" is not supported")
-            && err.contains("hint: supported model types: marian"),
-        "{err}"
+    assert_setup_error(
+        &out,
+        &[
+            "t5-model/config.json: model_type \"t5\" is not supported",
+            "hint: supported model types: marian",
+        ],
     );
 }
