@@ -18,6 +18,7 @@ pub mod error;
 pub mod failpoint;
 pub mod generation;
 pub mod hub;
+pub mod lang;
 pub mod lock;
 pub mod models;
 pub mod outputs;

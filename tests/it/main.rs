@@ -8,6 +8,7 @@ mod cli;
 mod fuzz;
 mod hub;
 mod kernels;
+mod lang;
 mod limits;
 mod nightly;
 mod parity;
