@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use transum::device::Placement;
 use transum::generation::GenerationOverrides;
 use transum::hub::{self, HubOptions, ModelSpec};
+use transum::lang::{Route, Routing};
 use transum::outputs::{Manifest, ModelRecord, Status};
 use transum::summary::{Article, Summarizer, DEFAULT_SUMMARY_MODEL};
 use transum::{Translator, DEFAULT_MODEL};
@@ -287,17 +288,67 @@ pub enum Segment {
     Sentences,
 }
 
-/// Where the model comes from.
+/// Which models translate, and from which language.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// Model: a hub id `org/name[@revision]` or a local checkpoint directory.
-    #[arg(long, short = 'm', default_value = DEFAULT_MODEL)]
-    pub model: String,
+    /// Translation model: `LANG=MODEL` for one language (repeatable), or a bare MODEL for
+    /// every article not in English. MODEL is a hub id `org/name[@revision]` or a local
+    /// checkpoint directory. Default: the built-in OPUS-MT table per detected language
+    /// (opus-mt-fr-en for French, opus-mt-de-en for German, ...).
+    #[arg(long, short = 'm', value_name = "[LANG=]MODEL")]
+    pub model: Vec<String>,
+
+    /// The articles' language: `auto` detects each article's (whatlang), or an ISO code
+    /// (fr, de, ...) for all of them. An article whose language is unclear is never
+    /// translated on a guess: it fails alone, naming the best guess.
+    #[arg(long, default_value = "auto", value_name = "auto|LANG")]
+    pub source_lang: String,
+
+    /// Model for languages the table has no pair model for (pt, ro, el, ...); `none`
+    /// makes such articles fail alone with a hint instead.
+    #[arg(long, default_value = transum::lang::FALLBACK_MODEL, value_name = "MODEL|none")]
+    pub fallback_model: String,
 
     /// Quantize the translation model's projections at load (q8_0, q4k, q6k): smaller
     /// and, with q8_0, nearly as accurate; no files written (see `transum quantize`).
     #[arg(long)]
     pub quantize: Option<String>,
+}
+
+impl ModelArgs {
+    /// The routing these flags ask for, and the language they fix (if any).
+    fn routing(&self) -> Result<(Routing, Option<String>)> {
+        let mut routing = Routing::auto().with_models(&self.model)?;
+        if self.fallback_model.eq_ignore_ascii_case("none") {
+            routing.fallback = None;
+        } else {
+            routing.fallback = Some(self.fallback_model.clone());
+        }
+        let source = if self.source_lang.eq_ignore_ascii_case("auto") {
+            None
+        } else {
+            Some(transum::lang::parse_code(&self.source_lang)?.to_string())
+        };
+        Ok((routing, source))
+    }
+}
+
+/// Loads the models a run asks for, all with the same search settings and placement.
+struct CliModels<'a> {
+    search: &'a SearchArgs,
+    placement: Placement,
+    hub: HubOptions,
+}
+
+impl transum::pipeline::Models for CliModels<'_> {
+    fn load(&mut self, spec: &str) -> transum::Result<(Translator, ModelRecord)> {
+        load_translator(spec, &self.placement, self.search, &self.hub).map_err(|e| {
+            match e.downcast::<transum::Error>() {
+                Ok(e) => e,
+                Err(e) => transum::Error::setting(format!("{e:#}"), "check the flags above"),
+            }
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -430,17 +481,17 @@ fn summarize(args: SummarizeArgs) -> Result<ExitCode> {
 }
 
 fn load_translator(
-    model: &ModelArgs,
+    spec: &str,
+    placement: &Placement,
     search: &SearchArgs,
     hub: &HubOptions,
 ) -> Result<(Translator, ModelRecord)> {
     let overrides = search.overrides()?;
-    let files = hub::resolve(&ModelSpec::parse(&model.model)?, hub)?;
+    let files = hub::resolve(&ModelSpec::parse(spec)?, hub)?;
     // Hash (and check against the hub) before loading: a corrupt download is
     // named as such, not as whatever parse error it happens to cause.
     let record = files.record()?;
-    let placement = placement(model.quantize.as_deref())?;
-    let mut translator = Translator::load(&files, &placement, &overrides)?;
+    let mut translator = Translator::load(&files, placement, &overrides)?;
     translator.batch_tokens = search.batch_tokens;
     Ok((translator, record))
 }
@@ -453,9 +504,16 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         );
     }
     let hub = args.cache.hub();
-    let (translator, record) = load_translator(&args.model, &args.search, &hub)?;
+    let (routing, source_lang) = args.model.routing()?;
+    // Search flags are checked before anything loads.
+    args.search.overrides()?;
     // Loaded before translating: a missing summary model is a setup error, found at once.
     let summarizer = load_summarizer(&args.summary, &hub)?;
+    let mut models = CliModels {
+        search: &args.search,
+        placement: placement(args.model.quantize.as_deref())?,
+        hub: hub.clone(),
+    };
     let opts = transum::pipeline::RunOptions {
         corpus: args.corpus.clone(),
         outputs: args.outputs.clone(),
@@ -463,6 +521,8 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         force: args.force,
         wait: args.wait,
         prune: args.prune,
+        routing,
+        source_lang,
     };
     let kind = args
         .summary
@@ -471,8 +531,7 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();
     let mut bars = progress::RunBars::new(&kind);
-    let manifest =
-        transum::pipeline::run(&translator, record, summarizer.as_ref(), &opts, &mut bars)?;
+    let manifest = transum::pipeline::run(&mut models, summarizer.as_ref(), &opts, &mut bars)?;
     bars.finish();
     Ok(report_run(&manifest, &args))
 }
@@ -616,14 +675,48 @@ fn read_input(input: &str) -> Result<String> {
 
 fn translate(args: TranslateArgs) -> Result<ExitCode> {
     let text = read_input(&args.input)?;
-    let (translator, _) = load_translator(&args.model, &args.search, &args.cache.hub())?;
-
-    let lines: Vec<&str> = text.lines().collect();
     let name = if args.input == "-" {
         "<stdin>"
     } else {
         args.input.as_str()
     };
+    let (routing, source_lang) = args.model.routing()?;
+    // A bare --model translates the input, whatever its language; otherwise
+    // the input's language picks the model, and English passes through.
+    let spec = match &routing.every {
+        Some(spec) => spec.clone(),
+        None => {
+            let lang = match source_lang {
+                Some(l) => l,
+                None => match transum::lang::detect(&text) {
+                    Some(d) if d.reliable => {
+                        tracing::info!("{name}: language {} (confidence {:.2})", d.lang, d.confidence);
+                        d.lang.to_string()
+                    }
+                    guess => anyhow::bail!(
+                        "{name}: the input's language is unclear{}\n  hint: pass --source-lang LANG, or --model MODEL to use one model whatever the language",
+                        guess
+                            .map(|d| format!(" (best guess {}, confidence {:.2})", d.lang, d.confidence))
+                            .unwrap_or_default()
+                    ),
+                },
+            };
+            match routing.route(&lang) {
+                Some(Route::Model(spec)) => spec,
+                Some(Route::PassThrough) => {
+                    eprintln!("{name}: already in English; passed through unchanged");
+                    return write_lines(text.lines().map(str::to_string));
+                }
+                None => anyhow::bail!(
+                    "{name}: no model translates {lang} into English\n  hint: pass --model {lang}=ORG/NAME (or a local directory)"
+                ),
+            }
+        }
+    };
+    let placement = placement(args.model.quantize.as_deref())?;
+    let (translator, _) = load_translator(&spec, &placement, &args.search, &args.cache.hub())?;
+
+    let lines: Vec<&str> = text.lines().collect();
     let window = translator.model.config().max_position_embeddings;
     // Units per line: the whole line, or its sentences; a unit longer than the
     // encoder's window is cut at its best boundaries and rejoined on its line.
@@ -669,16 +762,25 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
     }
 
     let mut next = out.into_iter();
-    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    let written = units.iter().try_for_each(|&count| {
-        let parts: Vec<String> = (0..count)
+    write_lines(units.iter().map(|&count| {
+        (0..count)
             .map(|_| next.next().expect("one result per unit").text)
-            .collect();
-        writeln!(stdout, "{}", parts.join(" "))
-    });
-    match written.and_then(|()| stdout.flush()) {
-        // The reader went away (`transum translate a.txt | head`): a normal
-        // end, as for any Unix filter, not an error.
+            .collect::<Vec<_>>()
+            .join(" ")
+    }))
+}
+
+/// Write `lines` to stdout. A reader that went away (`transum translate a.txt
+/// | head`) is a normal end, as for any Unix filter, not an error.
+fn write_lines(lines: impl Iterator<Item = String>) -> Result<ExitCode> {
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let write = || -> std::io::Result<()> {
+        for line in lines {
+            writeln!(stdout, "{line}")?;
+        }
+        stdout.flush()
+    };
+    match write() {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         other => {
             other.context("cannot write to stdout")?;

@@ -111,10 +111,21 @@ const ISO1: [(&str, &str); 60] = [
     ("tuk", "tk"),
 ];
 
-/// The language of `text` (a whole cleaned article), or None when it holds
-/// nothing to detect (digits, URLs, punctuation).
+/// Characters of an article that detection reads: its opening. whatlang's
+/// confidence is the lead of the best trigram score over the runner-up,
+/// which shrinks on very long inputs (a 2 MB French article scored 0.16),
+/// while a few paragraphs give the five corpus articles a confidence of 1.0.
+pub const SAMPLE_CHARS: usize = 2000;
+
+/// The language of `text` (a whole cleaned article, of which the first
+/// [`SAMPLE_CHARS`] characters are read), or None when it holds nothing to
+/// detect (digits, URLs, punctuation).
 pub fn detect(text: &str) -> Option<Detection> {
-    let info = whatlang::detect(text)?;
+    let end = text
+        .char_indices()
+        .nth(SAMPLE_CHARS)
+        .map_or(text.len(), |(i, _)| i);
+    let info = whatlang::detect(&text[..end])?;
     let code3 = info.lang().code();
     let lang = ISO1
         .iter()

@@ -53,6 +53,16 @@ pub struct ArticleRecord {
     pub source: String,
     pub output: Option<String>,
     pub status: Status,
+    /// Its language (ISO 639-1 where there is one), detected or given.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// The detector's confidence; null when `--source-lang` gave the language.
+    #[serde(default)]
+    pub language_confidence: Option<f64>,
+    /// The model that translated it (its id); null when it was already in
+    /// English and passed through, or failed before a model was chosen.
+    #[serde(default)]
+    pub model: Option<String>,
     pub error: Option<String>,
     pub source_sha256: Option<String>,
     pub paragraphs: usize,
@@ -110,11 +120,9 @@ pub struct Manifest {
     pub complete: bool,
     pub tool: String,
     pub version: String,
-    pub model: ModelRecord,
-    pub device: String,
-    pub dtype: String,
-    pub generation: crate::generation::GenerationOptions,
-    pub batch_tokens: usize,
+    /// The translation models this run used, in the order it loaded them.
+    pub models: Vec<ModelEntry>,
+    /// Articles in corpus (name) order.
     pub articles: Vec<ArticleRecord>,
     /// Output files in the outputs directory whose article is no longer in the
     /// corpus: kept (unless `--prune`), but not current, and never summarized.
@@ -128,6 +136,19 @@ pub struct Manifest {
     pub translated_tokens: usize,
     /// translated_tokens per second of translation time.
     pub tokens_per_second: f64,
+}
+
+/// A translation model a run used, and what decided its outputs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelEntry {
+    #[serde(flatten)]
+    pub model: ModelRecord,
+    /// The languages of the articles it translated.
+    pub languages: Vec<String>,
+    pub device: String,
+    pub dtype: String,
+    pub generation: crate::generation::GenerationOptions,
+    pub batch_tokens: usize,
 }
 
 impl Manifest {

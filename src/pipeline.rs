@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::lang::{Route, Routing};
 use crate::outputs::{
-    reusable, sha256_bytes, write_atomic, ArticleRecord, Manifest, ModelRecord, Status,
+    reusable, sha256_bytes, write_atomic, ArticleRecord, Manifest, ModelEntry, ModelRecord, Status,
     SummaryRecord,
 };
 use crate::summary::Summarizer;
@@ -42,6 +43,15 @@ pub trait Progress {
 /// Nobody watching.
 impl Progress for () {}
 
+/// Where a run gets its translation models. The pipeline loads each when the
+/// corpus first needs it and drops it after its last article, so that at most
+/// one translation model is in memory at a time.
+pub trait Models {
+    /// Load `spec` (a hub id `org/name[@revision]` or a directory): the
+    /// translator and its identity for the manifest.
+    fn load(&mut self, spec: &str) -> Result<(Translator, ModelRecord)>;
+}
+
 /// What a run was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -56,6 +66,10 @@ pub struct RunOptions {
     /// Delete the outputs of articles no longer in the corpus (else they are
     /// kept, listed in the manifest as `orphaned_outputs`, and never summarized).
     pub prune: bool,
+    /// Which model translates which language.
+    pub routing: Routing,
+    /// Every article's language, when given (`--source-lang`); else detected.
+    pub source_lang: Option<String>,
 }
 
 /// The corpus articles (`*.txt`), sorted by name.
@@ -98,21 +112,10 @@ fn read_article(path: &Path) -> Result<Vec<u8>> {
 fn translate_article(
     translator: &Translator,
     path: &Path,
-    bytes: &[u8],
+    cleaned: &ingest::Cleaned,
     rec: &mut ArticleRecord,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<String> {
-    let text = ingest::decode(path, bytes)?;
-    let cleaned = ingest::clean(&text);
-    rec.dropped_lines = cleaned.dropped_lines.clone();
-    if cleaned.paragraphs.is_empty() {
-        return Err(Error::file(
-            path,
-            "has no text to translate (empty or only whitespace/noise)",
-            "remove the file or fill it with the article's text",
-            None,
-        ));
-    }
     let window = translator.model.config().max_position_embeddings;
     // Units per paragraph: sentences, each split further if it exceeds the window.
     let mut units: Vec<Vec<String>> = Vec::with_capacity(cleaned.paragraphs.len());
@@ -265,18 +268,186 @@ fn orphans(
     names.into_iter().collect()
 }
 
+/// An article read, cleaned and routed.
+struct Article {
+    path: PathBuf,
+    source_sha: String,
+    cleaned: ingest::Cleaned,
+    language: String,
+    confidence: Option<f64>,
+}
+
+/// Read, decode and clean one article, and decide its language.
+fn read_and_detect(path: &Path, source_lang: Option<&str>) -> Result<Article> {
+    let bytes = read_article(path)?;
+    let text = ingest::decode(path, &bytes)?;
+    let cleaned = ingest::clean(&text);
+    if cleaned.paragraphs.is_empty() {
+        return Err(Error::file(
+            path,
+            "has no text to translate (empty or only whitespace/noise)",
+            "remove the file or fill it with the article's text",
+            None,
+        ));
+    }
+    let (language, confidence) = match source_lang {
+        Some(l) => (l.to_string(), None),
+        None => match crate::lang::detect(&cleaned.paragraphs.join("\n\n")) {
+            Some(d) if d.reliable => (d.lang.to_string(), Some(d.confidence)),
+            Some(d) => {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "its language is unclear (best guess {}, confidence {:.2}; {} needed)",
+                        d.lang,
+                        d.confidence,
+                        crate::lang::MIN_CONFIDENCE
+                    ),
+                    format!(
+                        "if you know its language, pass --source-lang (e.g. --source-lang {}); it is not translated on a guess",
+                        d.lang
+                    ),
+                    None,
+                ))
+            }
+            None => {
+                return Err(Error::file(
+                    path,
+                    "holds no language to detect (only digits, URLs or symbols?)",
+                    "remove it from the corpus if it is not an article, or pass --source-lang",
+                    None,
+                ))
+            }
+        },
+    };
+    Ok(Article {
+        path: path.to_path_buf(),
+        source_sha: sha256_bytes(&bytes),
+        cleaned,
+        language,
+        confidence,
+    })
+}
+
+/// A fresh record for the article at `path`.
+fn new_record(path: &Path) -> ArticleRecord {
+    ArticleRecord {
+        source: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        output: None,
+        status: Status::Ok,
+        language: None,
+        language_confidence: None,
+        model: None,
+        error: None,
+        source_sha256: None,
+        paragraphs: 0,
+        sentences: 0,
+        segments: 0,
+        source_tokens: 0,
+        output_tokens: 0,
+        dropped_lines: Vec::new(),
+        cut_segments: BTreeMap::new(),
+        output_sha256: None,
+        cache_key: None,
+        seconds: 0.0,
+    }
+}
+
+/// The state of a run: the manifest being written and every article's record
+/// in corpus order (filled as articles finish).
+struct RunState<'a> {
+    opts: &'a RunOptions,
+    manifest: Manifest,
+    records: Vec<Option<ArticleRecord>>,
+    previous: Option<Previous>,
+    translated_seconds: f64,
+    done: usize,
+}
+
+impl RunState<'_> {
+    /// Record article `i`'s result and rewrite the manifest: from here on the
+    /// finished work survives a kill.
+    fn finish(&mut self, i: usize, mut rec: ArticleRecord, t0: Instant) -> Result<()> {
+        if rec.status != Status::Cached {
+            rec.seconds = t0.elapsed().as_secs_f64();
+            self.translated_seconds += rec.seconds;
+        }
+        self.records[i] = Some(rec);
+        self.manifest.articles = self.records.iter().flatten().cloned().collect();
+        self.manifest.write(&self.opts.outputs)?;
+        self.done += 1;
+        if crate::failpoint::armed() {
+            crate::failpoint::hit(&format!("after-article:{}", self.done));
+        }
+        Ok(())
+    }
+
+    /// Write article `a`'s output with `make` unless a finished earlier run
+    /// made it from the same source and settings (`settings_key`) and it is
+    /// intact; fills `rec` either way.
+    fn produce(
+        &self,
+        a: &Article,
+        settings_key: &str,
+        rec: &mut ArticleRecord,
+        make: impl FnOnce(&mut ArticleRecord) -> Result<String>,
+    ) -> Result<()> {
+        let key = sha256_bytes(format!("{}\n{settings_key}", a.source_sha).as_bytes());
+        let name = output_name(&a.path);
+        let out_path = self.opts.outputs.join(&name);
+        rec.source_sha256 = Some(a.source_sha.clone());
+        rec.cache_key = Some(key.clone());
+        if let Some(prev) = self
+            .previous
+            .as_ref()
+            .and_then(|p| p.articles.get(&rec.source))
+        {
+            if prev.output.as_deref() == Some(name.as_str())
+                && reusable(
+                    prev.status,
+                    prev.cache_key.as_deref(),
+                    &key,
+                    &[(&out_path, prev.output_sha256.as_deref())],
+                )
+            {
+                *rec = ArticleRecord {
+                    status: Status::Cached,
+                    seconds: 0.0,
+                    ..prev.clone()
+                };
+                return Ok(());
+            }
+        }
+        rec.dropped_lines = a.cleaned.dropped_lines.clone();
+        rec.paragraphs = a.cleaned.paragraphs.len();
+        let text = make(rec)?;
+        write_atomic(&out_path, text.as_bytes())?;
+        rec.output_sha256 = Some(sha256_bytes(text.as_bytes()));
+        rec.output = Some(name);
+        Ok(())
+    }
+}
+
 /// Run over the corpus, then summarize the English articles when a
-/// summarizer is given (`summary.md`, `summary.json`). Article and summary
-/// failures are recorded, not returned; the error is for setup problems
-/// (corpus or outputs directory unusable, outputs locked by another run).
+/// summarizer is given (`summary.md`, `summary.json`).
+///
+/// Every article is read, cleaned and given its language first; articles are
+/// then taken model by model (English ones pass through untranslated, models
+/// the user named first, so that a broken one stops the run before anything
+/// else is done). A model is loaded when its first article comes and dropped
+/// after its last. Article and summary failures are recorded, not returned;
+/// the error is for setup problems (corpus or outputs directory unusable,
+/// outputs locked by another run, a model the user named that cannot load).
 pub fn run(
-    translator: &Translator,
-    model: ModelRecord,
+    models: &mut dyn Models,
     summarizer: Option<&Summarizer>,
     opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<Manifest> {
-    let articles = list_corpus(&opts.corpus)?;
+    let paths = list_corpus(&opts.corpus)?;
     std::fs::create_dir_all(&opts.outputs).map_err(|e| {
         Error::file(
             &opts.outputs,
@@ -288,116 +459,181 @@ pub fn run(
     let _lock = crate::lock::OutputsLock::acquire(&opts.outputs, opts.wait)?;
     remove_stale_temporaries(&opts.outputs);
     let recorded = previous_manifest(&opts.outputs);
-    let orphaned_outputs = orphans(&opts.outputs, &articles, recorded.as_ref(), opts.prune);
-    let previous = if opts.force { None } else { recorded };
+    let orphaned_outputs = orphans(&opts.outputs, &paths, recorded.as_ref(), opts.prune);
     let start = Instant::now();
-    let mut manifest = Manifest {
-        complete: false,
-        tool: "transum".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        model,
-        device: "cpu".into(),
-        dtype: translator.precision(),
-        generation: translator.options.clone(),
-        batch_tokens: translator.batch_tokens,
-        articles: Vec::with_capacity(articles.len()),
-        orphaned_outputs,
-        summary: None,
-        seconds: 0.0,
-        output_tokens: 0,
-        translated_tokens: 0,
-        tokens_per_second: 0.0,
-    };
-    // Everything besides the source that decides a translation.
-    let settings_key = sha256_bytes(
-        serde_json::json!({
-            "version": manifest.version,
-            "model": manifest.model,
-            "dtype": manifest.dtype,
-            "generation": manifest.generation,
-            "batch_tokens": translator.batch_tokens,
-            "max_batch": translator.max_batch,
-        })
-        .to_string()
-        .as_bytes(),
-    );
-    let mut translated_seconds = 0.0;
-    for (i, path) in articles.iter().enumerate() {
-        progress.article(path, i, articles.len());
-        let t0 = Instant::now();
-        let mut rec = ArticleRecord {
-            source: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            output: None,
-            status: Status::Ok,
-            error: None,
-            source_sha256: None,
-            paragraphs: 0,
-            sentences: 0,
-            segments: 0,
-            source_tokens: 0,
-            output_tokens: 0,
-            dropped_lines: Vec::new(),
-            cut_segments: BTreeMap::new(),
-            output_sha256: None,
-            cache_key: None,
+    let mut state = RunState {
+        opts,
+        manifest: Manifest {
+            complete: false,
+            tool: "transum".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            models: Vec::new(),
+            articles: Vec::with_capacity(paths.len()),
+            orphaned_outputs,
+            summary: None,
             seconds: 0.0,
-        };
-        let result = read_article(path).and_then(|bytes| {
-            let source_sha = sha256_bytes(&bytes);
-            let key = sha256_bytes(format!("{source_sha}\n{settings_key}").as_bytes());
-            rec.source_sha256 = Some(source_sha);
-            rec.cache_key = Some(key.clone());
-            let name = output_name(path);
-            let out_path = opts.outputs.join(&name);
-            if let Some(prev) = previous.as_ref().and_then(|p| p.articles.get(&rec.source)) {
-                if prev.output.as_deref() == Some(name.as_str())
-                    && reusable(
-                        prev.status,
-                        prev.cache_key.as_deref(),
-                        &key,
-                        &[(&out_path, prev.output_sha256.as_deref())],
-                    )
-                {
-                    rec = ArticleRecord {
-                        status: Status::Cached,
-                        seconds: 0.0,
-                        ..prev.clone()
-                    };
-                    return Ok(name);
-                }
-            }
-            let text = translate_article(translator, path, &bytes, &mut rec, &mut |d, t| {
-                progress.segments(path, d, t)
-            })?;
-            write_atomic(&out_path, text.as_bytes())?;
-            rec.output_sha256 = Some(sha256_bytes(text.as_bytes()));
-            Ok(name)
+            output_tokens: 0,
+            translated_tokens: 0,
+            tokens_per_second: 0.0,
+        },
+        records: vec![None; paths.len()],
+        previous: if opts.force { None } else { recorded },
+        translated_seconds: 0.0,
+        done: 0,
+    };
+
+    // Every article's route; articles that cannot be read or routed fail now.
+    let mut groups: BTreeMap<(u8, Route), Vec<usize>> = BTreeMap::new();
+    for (i, path) in paths.iter().enumerate() {
+        let t0 = Instant::now();
+        let mut rec = new_record(path);
+        let routed = read_and_detect(path, opts.source_lang.as_deref()).and_then(|a| {
+            rec.language = Some(a.language.clone());
+            rec.language_confidence = a.confidence;
+            opts.routing.route(&a.language).ok_or_else(|| {
+                Error::file(
+                    path,
+                    format!(
+                        "is in {}{} and no model translates that language into English",
+                        a.language,
+                        a.confidence
+                            .map(|c| format!(" (confidence {c:.2})"))
+                            .unwrap_or_default()
+                    ),
+                    format!(
+                        "pass --model {0}=ORG/NAME (or a local directory), or `transum download --langs {0}` for the built-in choice",
+                        a.language
+                    ),
+                    None,
+                )
+            })
         });
-        match result {
-            Ok(name) => rec.output = Some(name),
+        match routed {
+            // Models the user named first, then the table's, then English.
+            Ok(route) => {
+                let order = match &route {
+                    Route::Model(spec) if opts.routing.named(spec) => 0,
+                    Route::Model(_) => 1,
+                    Route::PassThrough => 2,
+                };
+                groups.entry((order, route)).or_default().push(i);
+            }
             Err(e) => {
+                rec.status = Status::Failed;
+                rec.error = Some(e.to_string());
+                tracing::error!("{e}");
+                state.finish(i, rec, t0)?;
+            }
+        }
+    }
+
+    let mut position = 0;
+    for ((order, route), members) in groups {
+        let loaded = match &route {
+            Route::PassThrough => None,
+            Route::Model(spec) => match models.load(spec) {
+                Ok(m) => Some(m),
+                // A model the user named must load: a setup error.
+                Err(e) if order == 0 => return Err(e),
+                Err(e) => {
+                    tracing::error!("{spec}: {e}");
+                    for &i in &members {
+                        let mut rec = new_record(&paths[i]);
+                        let lang = read_and_detect(&paths[i], opts.source_lang.as_deref())
+                            .map(|a| (a.language, a.confidence));
+                        if let Ok((l, c)) = &lang {
+                            rec.language = Some(l.clone());
+                            rec.language_confidence = *c;
+                        }
+                        rec.status = Status::Failed;
+                        rec.error = Some(format!(
+                            "{}: its model {spec} is not available: {e}\n  hint: `transum download --langs {}` fetches it, or pass --model {}=ORG/NAME (or a local directory)",
+                            paths[i].display(),
+                            rec.language.as_deref().unwrap_or("xx"),
+                            rec.language.as_deref().unwrap_or("xx"),
+                        ));
+                        state.finish(i, rec, Instant::now())?;
+                    }
+                    position += members.len();
+                    continue;
+                }
+            },
+        };
+        let settings_key = match &loaded {
+            None => sha256_bytes(
+                serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "passthrough": true})
+                    .to_string()
+                    .as_bytes(),
+            ),
+            Some((translator, record)) => {
+                let entry = ModelEntry {
+                    model: record.clone(),
+                    languages: Vec::new(),
+                    device: "cpu".into(),
+                    dtype: translator.precision(),
+                    generation: translator.options.clone(),
+                    batch_tokens: translator.batch_tokens,
+                };
+                // Everything besides the source that decides a translation.
+                let key = sha256_bytes(
+                    serde_json::json!({
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "model": entry.model,
+                        "dtype": entry.dtype,
+                        "generation": entry.generation,
+                        "batch_tokens": translator.batch_tokens,
+                        "max_batch": translator.max_batch,
+                    })
+                    .to_string()
+                    .as_bytes(),
+                );
+                state.manifest.models.push(entry);
+                key
+            }
+        };
+        for &i in &members {
+            let path = &paths[i];
+            progress.article(path, position, paths.len());
+            position += 1;
+            let t0 = Instant::now();
+            let mut rec = new_record(path);
+            let result = read_and_detect(path, opts.source_lang.as_deref()).and_then(|a| {
+                let done = match &loaded {
+                    None => state.produce(&a, &settings_key, &mut rec, |_| {
+                        Ok(a.cleaned.paragraphs.join("\n\n") + "\n")
+                    }),
+                    Some((translator, _)) => state.produce(&a, &settings_key, &mut rec, |rec| {
+                        translate_article(translator, path, &a.cleaned, rec, &mut |d, t| {
+                            progress.segments(path, d, t)
+                        })
+                    }),
+                };
+                // Set after `produce`, which may have taken a cached record.
+                rec.language = Some(a.language.clone());
+                rec.language_confidence = a.confidence;
+                rec.model = loaded.as_ref().map(|(_, record)| record.id.clone());
+                done
+            });
+            if let Err(e) = result {
                 let e = e.in_file(path);
                 tracing::error!("{e}");
                 rec.status = Status::Failed;
                 rec.error = Some(e.to_string());
             }
+            if loaded.is_some() {
+                if let (Some(entry), Some(l)) = (state.manifest.models.last_mut(), &rec.language) {
+                    if !entry.languages.contains(l) {
+                        entry.languages.push(l.clone());
+                    }
+                }
+            }
+            state.finish(i, rec, t0)?;
         }
-        if rec.status != Status::Cached {
-            rec.seconds = t0.elapsed().as_secs_f64();
-            translated_seconds += rec.seconds;
-        }
-        manifest.articles.push(rec);
-        // The record of finished work survives a kill from here on.
-        manifest.write(&opts.outputs)?;
-        if crate::failpoint::armed() {
-            crate::failpoint::hit(&format!("after-article:{}", i + 1));
-        }
+        // The model is dropped here, before the next one loads.
     }
+    let mut manifest = state.manifest;
     crate::failpoint::hit("before-summary");
-    if articles.is_empty() {
+    if paths.is_empty() {
         // A quiet night: nothing to translate is not a failure, and an empty
         // summary would only overwrite the last good one.
         tracing::warn!(
@@ -405,7 +641,7 @@ pub fn run(
             opts.corpus.display()
         );
     }
-    manifest.summary = summarizer.filter(|_| !articles.is_empty()).map(|s| {
+    manifest.summary = summarizer.filter(|_| !paths.is_empty()).map(|s| {
         progress.summary(
             manifest
                 .articles
@@ -417,7 +653,7 @@ pub fn run(
             s,
             opts,
             &manifest.articles,
-            previous.as_ref().and_then(|p| p.summary.as_ref()),
+            state.previous.as_ref().and_then(|p| p.summary.as_ref()),
         )
     });
     manifest.complete = true;
@@ -430,8 +666,8 @@ pub fn run(
         .filter(|r| r.status == Status::Ok)
         .map(|r| r.output_tokens)
         .sum();
-    manifest.tokens_per_second = if translated_seconds > 0.0 {
-        manifest.translated_tokens as f64 / translated_seconds
+    manifest.tokens_per_second = if state.translated_seconds > 0.0 {
+        manifest.translated_tokens as f64 / state.translated_seconds
     } else {
         0.0
     };

@@ -168,9 +168,9 @@ fn download_then_offline_run_without_the_server() {
         &std::fs::read_to_string(dir.path().join("outputs/manifest.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(m["model"]["id"], "test-org/tiny-marian");
-    assert_eq!(m["model"]["revision"], "main");
-    assert_eq!(m["model"]["resolved_revision"], COMMIT);
+    assert_eq!(m["models"][0]["id"], "test-org/tiny-marian");
+    assert_eq!(m["models"][0]["revision"], "main");
+    assert_eq!(m["models"][0]["resolved_revision"], COMMIT);
     assert_eq!(m["summary"]["model"]["id"], "test-org/tiny-bart");
     assert_eq!(m["summary"]["status"], "ok");
     assert!(m["summary"]["model"]["files"]["tokenizer.json"].is_string());

@@ -201,7 +201,7 @@ fn a_run_with_a_short_position_table_cuts_and_counts() {
     let (m, err) = run(&[]);
     let c = cuts(&m);
     assert!(c.get("source_factor").copied().unwrap_or(0) > 0, "{c:?}");
-    assert_eq!(m["generation"]["max_length_factor"], 3.0);
+    assert_eq!(m["models"][0]["generation"]["max_length_factor"], 3.0);
     let tokens_factor = m["output_tokens"].as_u64().unwrap();
     eprintln!("output tokens: positions bind {tokens_positions}, factor 3 binds {tokens_factor}");
     assert!(

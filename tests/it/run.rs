@@ -157,10 +157,10 @@ fn run_translates_the_corpus_with_a_manifest() {
         );
     }
     assert_eq!(m["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(m["dtype"], "f32");
-    assert_eq!(m["generation"]["num_beams"], 1);
-    assert_eq!(m["generation"]["max_length"], 9);
-    let files = m["model"]["files"].as_object().unwrap();
+    assert_eq!(m["models"][0]["dtype"], "f32");
+    assert_eq!(m["models"][0]["generation"]["num_beams"], 1);
+    assert_eq!(m["models"][0]["generation"]["max_length"], 9);
+    let files = m["models"][0]["files"].as_object().unwrap();
     assert_eq!(
         files["model.safetensors"].as_str().unwrap(),
         transum::outputs::sha256_file(&model.join("model.safetensors")).unwrap()
@@ -214,17 +214,33 @@ fn bad_articles_fail_alone_and_name_the_file() {
         corpus.join("unreadable.txt"),
     )
     .unwrap();
-    // A 2 MB article and a 3,000-word sentence without punctuation translate fine.
-    let para =
-        "Le dirigeant nord-coréen a quitté la Russie dimanche après une visite de six jours. ";
+    // A 2 MB article (a real one repeated: its language must stay clear) and
+    // a 3,000-word sentence without punctuation translate fine.
+    let article = std::fs::read_to_string(corpus_dir().join("000_9b90b2f7d3885cef.txt")).unwrap();
     let big: String = std::iter::repeat_n(
-        format!("{}\n\n", para.repeat(20)),
-        2_000_000 / (para.len() * 20 + 2) + 1,
+        format!("{article}\n\n"),
+        2_000_000 / (article.len() + 2) + 1,
     )
     .collect();
     assert!(big.len() >= 2_000_000);
     write("big.txt", big.as_bytes());
-    write("run-on.txt", vec!["mot"; 3000].join(" ").as_bytes());
+    // The run-on sentence: the same article's words, punctuation removed.
+    let words: Vec<String> = article
+        .split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric())
+                .collect::<String>()
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    let run_on: Vec<&str> = words
+        .iter()
+        .cycle()
+        .take(3000)
+        .map(String::as_str)
+        .collect();
+    write("run-on.txt", run_on.join(" ").as_bytes());
 
     let model = fixture_model("marian-a");
     let bart = fixture_model("bart-a");
@@ -343,7 +359,7 @@ fn real_models_translate_and_summarize_the_corpus() {
         .unwrap()
         .iter()
         .all(|a| a["status"] == "ok"));
-    assert!(m["model"]["resolved_revision"].is_string());
+    assert!(m["models"][0]["resolved_revision"].is_string());
     // Real translations mention the story's names in English.
     let all: String = m["articles"]
         .as_array()
