@@ -223,9 +223,15 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    /// Models to fetch (hub ids `org/name[@revision]`); default: the translation and summary models.
-    #[arg(default_values_t = [DEFAULT_MODEL.to_string(), DEFAULT_SUMMARY_MODEL.to_string()])]
+    /// Models to fetch (hub ids `org/name[@revision]`). Default, when no --langs is
+    /// given either: the French translation model and the summary model.
     pub models: Vec<String>,
+
+    /// Fetch the translation models these languages need (ISO codes, comma-separated):
+    /// the built-in table's, or the fallback model for languages it lacks. English
+    /// needs none.
+    #[arg(long, value_delimiter = ',', value_name = "LANG,...")]
+    pub langs: Vec<String>,
 
     #[command(flatten)]
     pub cache: CacheDir,
@@ -627,7 +633,20 @@ fn describe_cuts(cuts: &std::collections::BTreeMap<&str, usize>) -> String {
 }
 
 fn download(args: DownloadArgs) -> Result<ExitCode> {
-    for m in &args.models {
+    let mut wanted: Vec<String> = args.models.clone();
+    for l in &args.langs {
+        let code = transum::lang::parse_code(l)?;
+        match Routing::auto().route(code) {
+            Some(Route::Model(spec)) => wanted.push(spec),
+            _ => eprintln!("{code}: passes through untranslated; no model needed"),
+        }
+    }
+    if args.models.is_empty() && args.langs.is_empty() {
+        wanted = vec![DEFAULT_MODEL.to_string(), DEFAULT_SUMMARY_MODEL.to_string()];
+    }
+    let mut seen = std::collections::HashSet::new();
+    wanted.retain(|m| seen.insert(m.clone()));
+    for m in &wanted {
         let spec = ModelSpec::parse(m)?;
         let ModelSpec::Hub { id, revision } = &spec else {
             anyhow::bail!(

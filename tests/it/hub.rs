@@ -247,3 +247,35 @@ fn download_then_offline_run_without_the_server() {
         "{err}"
     );
 }
+
+#[test]
+fn download_langs_fetches_exactly_what_those_languages_need() {
+    let dir = TempDir::new("hub-langs");
+    let server = HubServer::start(vec![
+        ("Helsinki-NLP/opus-mt-de-en", fixture_model("marian-b")),
+        ("Helsinki-NLP/opus-mt-mul-en", fixture_model("marian-c")),
+    ]);
+    // German has a pair model; Portuguese has none (the fallback); English needs none.
+    let out = transum_env(
+        dir.path(),
+        &["download", "--langs", "de,pt,en"],
+        None,
+        &[("HF_ENDPOINT", &server.url)],
+    );
+    assert_success(&out);
+    let mut got: Vec<String> = std::fs::read_dir(dir.path().join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("models--"))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "models--Helsinki-NLP--opus-mt-de-en",
+            "models--Helsinki-NLP--opus-mt-mul-en"
+        ]
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("en: passes through"), "{err}");
+}
