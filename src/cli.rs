@@ -166,6 +166,36 @@ pub struct SummaryArgs {
     /// summarizer takes a quarter to a sixth of its f32 memory.
     #[arg(long)]
     pub summary_quantize: Option<String>,
+
+    /// Also write the summary in this language (summary.LANG.md and .json beside the
+    /// English one), sentence by sentence, each keeping its sources. Default model:
+    /// Helsinki-NLP/opus-mt-en-LANG where OPUS-MT has one, else opus-mt-en-mul.
+    #[arg(long, value_name = "LANG")]
+    pub summary_lang: Option<String>,
+
+    /// The English-to-LANG model for --summary-lang (a hub id or a local directory).
+    #[arg(long, value_name = "MODEL", requires = "summary_lang")]
+    pub summary_lang_model: Option<String>,
+}
+
+impl SummaryArgs {
+    /// `--summary-lang` resolved: the language and its English-to-it model.
+    fn summary_lang(&self) -> Result<Option<(String, String)>> {
+        let Some(l) = &self.summary_lang else {
+            return Ok(None);
+        };
+        let lang = transum::lang::parse_code(l)?.to_string();
+        if lang == transum::lang::ENGLISH {
+            anyhow::bail!(
+                "--summary-lang en: the summary is written in English already\n  hint: drop the flag, or name another language"
+            );
+        }
+        let model = self
+            .summary_lang_model
+            .clone()
+            .unwrap_or_else(|| transum::lang::from_english_model(&lang));
+        Ok(Some((lang, model)))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +301,17 @@ pub struct SearchArgs {
 }
 
 impl SearchArgs {
+    /// The checkpoint's own search settings (for models the user tunes no flag of).
+    fn defaults() -> Self {
+        SearchArgs {
+            beams: None,
+            max_new_tokens: None,
+            min_new_tokens: None,
+            max_length_factor: transum::generation::DEFAULT_LENGTH_FACTOR,
+            batch_tokens: 2048,
+        }
+    }
+
     fn overrides(&self) -> Result<GenerationOverrides> {
         if self.batch_tokens == 0 {
             anyhow::bail!("--batch-tokens must be at least 1\n  hint: the default is 2048");
@@ -468,12 +509,28 @@ fn summarize(args: SummarizeArgs) -> Result<ExitCode> {
     let summarizer =
         load_summarizer(&args.summary, &args.cache.hub())?.expect("none was rejected above");
     let summary = summarizer.summarize(&articles, args.summary.max_words)?;
+    // The reader's language, if asked: the translated summary is what is shown.
+    let translated = match args.summary.summary_lang()? {
+        Some((lang, spec)) => {
+            let (translator, record) = load_translator(
+                &spec,
+                &Placement::cpu(),
+                &SearchArgs::defaults(),
+                &args.cache.hub(),
+            )?;
+            Some(summary.translated(&translator, &lang, &record.id)?)
+        }
+        None => None,
+    };
     match &args.output {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| {
                 format!("{}: cannot create the output directory", dir.display())
             })?;
             summary.write(dir)?;
+            if let Some(t) = &translated {
+                t.write_as(dir, &t.stem())?;
+            }
             eprintln!(
                 "summary of {} article(s), {} sentence(s): {}",
                 articles.len(),
@@ -481,7 +538,7 @@ fn summarize(args: SummarizeArgs) -> Result<ExitCode> {
                 dir.join("summary.md").display()
             );
         }
-        None => print!("{}", summary.to_markdown()),
+        None => print!("{}", translated.as_ref().unwrap_or(&summary).to_markdown()),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -511,8 +568,9 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
     }
     let hub = args.cache.hub();
     let (routing, source_lang) = args.model.routing()?;
-    // Search flags are checked before anything loads.
+    // Flags are checked before anything loads.
     args.search.overrides()?;
+    let summary_lang = args.summary.summary_lang()?;
     // Loaded before translating: a missing summary model is a setup error, found at once.
     let summarizer = load_summarizer(&args.summary, &hub)?;
     let mut models = CliModels {
@@ -529,6 +587,7 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         prune: args.prune,
         routing,
         source_lang,
+        summary_lang,
     };
     let kind = args
         .summary

@@ -187,6 +187,32 @@ pub fn table_model(lang: &str) -> Option<&'static str> {
     TABLE.iter().find(|(l, _)| *l == lang).map(|(_, m)| *m)
 }
 
+/// The OPUS-MT model from English into `lang`, for `--summary-lang`: the
+/// pair model where OPUS-MT has one, else `opus-mt-en-mul` (multi-target:
+/// [`target_token`] picks the language).
+pub fn from_english_model(lang: &str) -> String {
+    const PAIRS: [&str; 14] = [
+        "ar", "cs", "da", "de", "es", "fi", "fr", "hu", "it", "nl", "ru", "sv", "uk", "zh",
+    ];
+    if PAIRS.contains(&lang) {
+        format!("Helsinki-NLP/opus-mt-en-{lang}")
+    } else {
+        "Helsinki-NLP/opus-mt-en-mul".into()
+    }
+}
+
+/// The target-language tokens a multi-target Marian model may use for
+/// `lang`, most specific first: `>>por<<` (Tatoeba models, ISO 639-3), then
+/// `>>pt<<` (older ones). A model uses whichever its vocabulary holds.
+pub fn target_token(lang: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some((c3, _)) = ISO1.iter().find(|(_, c1)| *c1 == lang) {
+        out.push(format!(">>{c3}<<"));
+    }
+    out.push(format!(">>{lang}<<"));
+    out
+}
+
 /// Where an article goes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Route {

@@ -109,7 +109,19 @@ pub struct SummaryRecord {
     pub summary_md_sha256: Option<String>,
     #[serde(default)]
     pub summary_json_sha256: Option<String>,
+    /// The summary translated from English (`--summary-lang`), if asked.
+    #[serde(default)]
+    pub translation: Option<SummaryTranslation>,
     pub seconds: f64,
+}
+
+/// The translated summary: `summary.<language>.md` and `.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SummaryTranslation {
+    pub language: String,
+    pub model: ModelRecord,
+    pub md_sha256: String,
+    pub json_sha256: String,
 }
 
 /// outputs/manifest.json

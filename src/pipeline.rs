@@ -70,6 +70,8 @@ pub struct RunOptions {
     pub routing: Routing,
     /// Every article's language, when given (`--source-lang`); else detected.
     pub source_lang: Option<String>,
+    /// Also write the summary in this language, with this (English-to-it) model.
+    pub summary_lang: Option<(String, String)>,
 }
 
 /// The corpus articles (`*.txt`), sorted by name.
@@ -651,6 +653,7 @@ pub fn run(
         );
         summary_stage(
             s,
+            models,
             opts,
             &manifest.articles,
             state.previous.as_ref().and_then(|p| p.summary.as_ref()),
@@ -675,11 +678,31 @@ pub fn run(
     Ok(manifest)
 }
 
+/// The summary in `lang` through the English-to-`lang` model `spec`, written
+/// as `summary.<lang>.md` and `.json` beside the English one.
+fn translate_summary(
+    summary: &crate::summary::Summary,
+    models: &mut dyn Models,
+    (lang, spec): (&str, &str),
+    outputs: &Path,
+) -> Result<crate::outputs::SummaryTranslation> {
+    let (translator, record) = models.load(spec)?;
+    let translated = summary.translated(&translator, lang, &record.id)?;
+    let (md, json) = translated.write_as(outputs, &translated.stem())?;
+    Ok(crate::outputs::SummaryTranslation {
+        language: lang.to_string(),
+        model: record,
+        md_sha256: md,
+        json_sha256: json,
+    })
+}
+
 /// The summary over the translated articles, read back from `outputs/` (so
 /// translations are never all held in memory), unless nothing it depends on
 /// changed since the previous run and its files are intact.
 fn summary_stage(
     s: &Summarizer,
+    models: &mut dyn Models,
     opts: &RunOptions,
     records: &[ArticleRecord],
     previous: Option<&SummaryRecord>,
@@ -707,26 +730,36 @@ fn summary_stage(
             "max_words": opts.max_words,
             "thresholds": [template.same_fact_threshold, template.related_threshold, template.supports_threshold],
             "inputs": inputs,
+            "summary_lang": opts.summary_lang,
         })
         .to_string()
         .as_bytes(),
     );
     if let Some(prev) = previous {
-        if reusable(
-            prev.status,
-            prev.cache_key.as_deref(),
-            &key,
-            &[
-                (
-                    &opts.outputs.join("summary.md"),
-                    prev.summary_md_sha256.as_deref(),
-                ),
-                (
-                    &opts.outputs.join("summary.json"),
-                    prev.summary_json_sha256.as_deref(),
-                ),
-            ],
-        ) {
+        let mut files = vec![
+            (
+                opts.outputs.join("summary.md"),
+                prev.summary_md_sha256.as_deref(),
+            ),
+            (
+                opts.outputs.join("summary.json"),
+                prev.summary_json_sha256.as_deref(),
+            ),
+        ];
+        if let Some(t) = &prev.translation {
+            let stem = format!("summary.{}", t.language);
+            files.push((
+                opts.outputs.join(format!("{stem}.md")),
+                Some(t.md_sha256.as_str()),
+            ));
+            files.push((
+                opts.outputs.join(format!("{stem}.json")),
+                Some(t.json_sha256.as_str()),
+            ));
+        }
+        let files: Vec<(&Path, Option<&str>)> =
+            files.iter().map(|(p, h)| (p.as_path(), *h)).collect();
+        if reusable(prev.status, prev.cache_key.as_deref(), &key, &files) {
             return SummaryRecord {
                 status: Status::Cached,
                 seconds: 0.0,
@@ -758,12 +791,27 @@ fn summary_stage(
             .collect::<Result<Vec<_>>>()
             .and_then(|english| s.summarize(&english, opts.max_words))
             .and_then(|summary| summary.write(&opts.outputs).map(|h| (summary, h)))
+            .and_then(|(summary, h)| {
+                let translation = match &opts.summary_lang {
+                    Some((lang, spec)) => Some(translate_summary(
+                        &summary,
+                        models,
+                        (lang, spec),
+                        &opts.outputs,
+                    )?),
+                    None => None,
+                };
+                Ok((summary, (h, translation)))
+            })
             .map_err(|e| {
                 tracing::error!("summary: {e}");
                 e.to_string()
             })
     };
-    let hashes = result.as_ref().ok().map(|(_, h)| h.clone());
+    let (hashes, translation) = match result.as_ref() {
+        Ok((_, (h, t))) => (Some(h.clone()), t.clone()),
+        Err(_) => (None, None),
+    };
     let result = result.map(|(summary, _)| summary);
     let mut rec = s.record(
         opts.max_words,
@@ -772,6 +820,7 @@ fn summary_stage(
         t0.elapsed().as_secs_f64(),
     );
     rec.cache_key = Some(key);
+    rec.translation = translation;
     if let Some((md, json)) = hashes {
         rec.summary_md_sha256 = Some(md);
         rec.summary_json_sha256 = Some(json);

@@ -157,5 +157,7 @@ pub fn summarize(
         sentences,
         raw_output: Some(raw),
         left_out,
+        language: None,
+        translated_by: None,
     })
 }

@@ -87,5 +87,7 @@ pub fn summarize(articles: &[Article], max_words: usize) -> Summary {
         sentences,
         raw_output: None,
         left_out,
+        language: None,
+        translated_by: None,
     }
 }

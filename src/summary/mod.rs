@@ -92,6 +92,7 @@ impl Summarizer {
             cache_key: None,
             summary_md_sha256: None,
             summary_json_sha256: None,
+            translation: None,
             seconds,
         }
     }
@@ -363,6 +364,9 @@ pub struct Support {
 #[derive(Debug, Clone, Serialize)]
 pub struct SummarySentence {
     pub text: String,
+    /// In a translated summary: the English sentence `text` translates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub english: Option<String>,
     /// Names of the articles that state it, in corpus order.
     pub sources: Vec<String>,
     pub support: Vec<Support>,
@@ -388,6 +392,12 @@ pub struct Summary {
     /// Model output before the redundancy and provenance checks (abstractive).
     pub raw_output: Option<String>,
     pub left_out: Vec<LeftOut>,
+    /// The summary's language, when it was translated from English
+    /// (`--summary-lang`), and the model that translated it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub translated_by: Option<String>,
 }
 
 /// Source sentences whose similarity to `text` reaches `threshold`, best first.
@@ -411,6 +421,7 @@ pub(crate) fn cite(corpus: &Corpus, text: String, support: &[(usize, f32)]) -> S
     arts.dedup();
     SummarySentence {
         text,
+        english: None,
         sources: arts.iter().map(|&a| corpus.names[a].clone()).collect(),
         support: support
             .iter()
@@ -444,16 +455,60 @@ impl Summary {
             self.articles.len(),
             self.articles.join(", ")
         ));
+        if let (Some(l), Some(m)) = (&self.language, &self.translated_by) {
+            md.push_str(&format!("translated from English into {l} by {m}\n"));
+        }
         md
     }
 
     /// Write `summary.md` and `summary.json` into `dir`, each atomically;
     /// returns their sha256.
     pub fn write(&self, dir: &Path) -> Result<(String, String)> {
+        self.write_as(dir, "summary")
+    }
+
+    /// The file stem of this summary: `summary`, or `summary.<lang>` when translated.
+    pub fn stem(&self) -> String {
+        match &self.language {
+            Some(l) => format!("summary.{l}"),
+            None => "summary".into(),
+        }
+    }
+
+    /// The same summary in `lang`, sentence by sentence through `translator`
+    /// (an English-to-`lang` model): sources and supporting sentences are
+    /// kept as they are, and each sentence keeps its English text. A
+    /// multi-target model (opus-mt-en-mul, -en-ROMANCE) gets the `>>xxx<<`
+    /// token its vocabulary has for `lang` in front of each sentence.
+    pub fn translated(&self, translator: &Translator, lang: &str, model: &str) -> Result<Summary> {
+        let prefix = crate::lang::target_token(lang)
+            .into_iter()
+            .find(|t| translator.tokenizer.has_token(t))
+            .map(|t| format!("{t} "))
+            .unwrap_or_default();
+        let inputs: Vec<String> = self
+            .sentences
+            .iter()
+            .map(|s| format!("{prefix}{}", s.text))
+            .collect();
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let out = translator.translate(&refs)?;
+        let mut t = self.clone();
+        for (s, tr) in t.sentences.iter_mut().zip(out) {
+            s.english = Some(std::mem::replace(&mut s.text, tr.text));
+        }
+        t.language = Some(lang.to_string());
+        t.translated_by = Some(model.to_string());
+        Ok(t)
+    }
+
+    /// Write `{stem}.md` and `{stem}.json` into `dir`, each atomically;
+    /// returns their sha256.
+    pub fn write_as(&self, dir: &Path, stem: &str) -> Result<(String, String)> {
         let md = self.to_markdown();
-        crate::outputs::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
+        crate::outputs::write_atomic(&dir.join(format!("{stem}.md")), md.as_bytes())?;
         let json = serde_json::to_vec_pretty(self).expect("the summary serializes");
-        crate::outputs::write_atomic(&dir.join("summary.json"), &json)?;
+        crate::outputs::write_atomic(&dir.join(format!("{stem}.json")), &json)?;
         Ok((
             crate::outputs::sha256_bytes(md.as_bytes()),
             crate::outputs::sha256_bytes(&json),

@@ -142,6 +142,11 @@ impl HfTokenizer {
     }
 
     /// Id of the end-of-sequence token.
+    /// Whether `token` is an entry of the vocabulary.
+    pub fn has_token(&self, token: &str) -> bool {
+        self.inner.token_to_id(token).is_some()
+    }
+
     pub fn eos_id(&self) -> u32 {
         self.eos_id
     }

@@ -399,6 +399,11 @@ impl MarianTokenizer {
         self.unk_id
     }
 
+    /// Whether `token` is an entry of vocab.json.
+    pub fn has_token(&self, token: &str) -> bool {
+        self.encoder.contains_key(token)
+    }
+
     /// Number of entries in vocab.json.
     pub fn vocab_size(&self) -> usize {
         self.encoder.len()

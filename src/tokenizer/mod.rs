@@ -91,6 +91,14 @@ impl TextTokenizer {
         }
     }
 
+    /// Whether `token` is one entry of the vocabulary (e.g. a `>>por<<` target code).
+    pub fn has_token(&self, token: &str) -> bool {
+        match self {
+            TextTokenizer::Marian(t) => t.has_token(token),
+            TextTokenizer::Hf(t) => t.has_token(token),
+        }
+    }
+
     /// Text of generated `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> String {
         match self {

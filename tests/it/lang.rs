@@ -368,3 +368,67 @@ fn translate_picks_the_model_of_its_input() {
     );
     crate::harness::assert_setup_error(&out, &["language is unclear", "--source-lang"]);
 }
+
+#[test]
+fn summary_lang_translates_the_summary_and_keeps_its_sources() {
+    use crate::harness::{assert_success, fixture_model, transum, TempDir};
+    let dir = TempDir::new("summary-lang");
+    crate::run::copy_corpus(&dir.path().join("corpus"));
+    let stand_in = fixture_model("marian-b");
+    let args = [
+        "run",
+        "--model",
+        &fixture_model("marian-a").display().to_string(),
+        "--beams",
+        "1",
+        "--max-new-tokens",
+        "6",
+        "--summarizer",
+        "extractive",
+        "--summary-lang",
+        "de",
+        "--summary-lang-model",
+        &stand_in.display().to_string(),
+    ]
+    .map(String::from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_success(&transum(dir.path(), &args, None));
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("outputs").join(f)).unwrap())
+            .unwrap()
+    };
+    let (en, de) = (read("summary.json"), read("summary.de.json"));
+    let (en_s, de_s) = (
+        en["sentences"].as_array().unwrap(),
+        de["sentences"].as_array().unwrap(),
+    );
+    assert!(!en_s.is_empty());
+    assert_eq!(en_s.len(), de_s.len());
+    for (e, d) in en_s.iter().zip(de_s) {
+        assert_eq!(d["english"], e["text"], "each sentence keeps its English");
+        assert_eq!(d["sources"], e["sources"], "provenance unchanged");
+        assert_eq!(d["support"], e["support"]);
+    }
+    assert_eq!(de["language"], "de");
+    let md = std::fs::read_to_string(dir.path().join("outputs/summary.de.md")).unwrap();
+    assert!(md.contains("translated from English into de"), "{md}");
+    let m = crate::run::manifest(dir.path());
+    let t = &m["summary"]["translation"];
+    assert_eq!(t["language"], "de");
+    assert_eq!(t["model"]["id"], stand_in.display().to_string());
+    // A rerun keeps both, unchanged.
+    assert_success(&transum(dir.path(), &args, None));
+    let m = crate::run::manifest(dir.path());
+    assert_eq!(m["summary"]["status"], "cached");
+    assert_eq!(m["summary"]["translation"]["language"], "de");
+
+    // The default models, and the target token of multi-target ones.
+    assert_eq!(lang::from_english_model("de"), "Helsinki-NLP/opus-mt-en-de");
+    assert_eq!(
+        lang::from_english_model("pt"),
+        "Helsinki-NLP/opus-mt-en-mul"
+    );
+    assert_eq!(lang::target_token("pt"), [">>por<<", ">>pt<<"]);
+    let out = transum(dir.path(), &["run", "--summary-lang", "en"], None);
+    crate::harness::assert_setup_error(&out, &["--summary-lang en"]);
+}
