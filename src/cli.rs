@@ -761,6 +761,7 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
     let (routing, source_lang) = args.model.routing()?;
     // A bare --model translates the input, whatever its language; otherwise
     // the input's language picks the model, and English passes through.
+    let mut input_lang = source_lang.clone();
     let spec = match &routing.every {
         Some(spec) => spec.clone(),
         None => {
@@ -769,6 +770,7 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
                 None => match transum::lang::detect(&text) {
                     Some(d) if d.reliable => {
                         tracing::info!("{name}: language {} (confidence {:.2})", d.lang, d.confidence);
+                        input_lang = Some(d.lang.to_string());
                         d.lang.to_string()
                     }
                     guess => anyhow::bail!(
@@ -793,6 +795,9 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
     };
     let placement = placement(args.model.quantize.as_deref())?;
     let (translator, _) = load_translator(&spec, &placement, &args.search, &args.cache.hub())?;
+    if let Some(l) = &input_lang {
+        translator.tokenizer.set_source_lang(l)?;
+    }
 
     let lines: Vec<&str> = text.lines().collect();
     let window = translator.model.config().max_position_embeddings;

@@ -19,7 +19,8 @@ pub const OPTIONAL_FILES: [&str; 3] = [
     "target_vocab.json",
 ];
 /// Every tokenizer file any family uses (for the manifest's hashes).
-const TOKENIZER_FILES: [&str; 6] = [
+const TOKENIZER_FILES: [&str; 7] = [
+    "sentencepiece.bpe.model",
     "source.spm",
     "target.spm",
     "vocab.json",
@@ -34,6 +35,7 @@ pub fn tokenizer_file_sets(model_type: &str) -> &'static [&'static [&'static str
     match model_type {
         "marian" => &[&["source.spm", "target.spm", "vocab.json"]],
         "pegasus" => &[&["tokenizer.json"], &["spiece.model"]],
+        "m2m_100" => &[&["sentencepiece.bpe.model", "vocab.json"]],
         _ => &[&["tokenizer.json"], &["vocab.json", "merges.txt"]],
     }
 }

@@ -605,6 +605,7 @@ pub fn run(
                         Ok(a.cleaned.paragraphs.join("\n\n") + "\n")
                     }),
                     Some((translator, _)) => state.produce(&a, &settings_key, &mut rec, |rec| {
+                        translator.tokenizer.set_source_lang(&a.language)?;
                         translate_article(translator, path, &a.cleaned, rec, &mut |d, t| {
                             progress.segments(path, d, t)
                         })

@@ -68,7 +68,7 @@ impl Translator {
         } else {
             None
         };
-        let options = GenerationOptions::resolve(gen_json.as_ref(), &config_json, overrides)?;
+        let mut options = GenerationOptions::resolve(gen_json.as_ref(), &config_json, overrides)?;
         if options.max_length > config.max_position_embeddings + 1 {
             // Valid (transformers loads it) and common: generation settings
             // written for a larger model. Logged once here; every output that
@@ -82,6 +82,12 @@ impl Translator {
             );
         }
         let tokenizer = TextTokenizer::from_dir(&files.dir, &config.model_type)?;
+        // Many-to-many models (M2M100) are told their target language by the
+        // first generated token: English, forced as transformers'
+        // `forced_bos_token_id` would be.
+        if options.forced_bos_token_id.is_none() {
+            options.forced_bos_token_id = tokenizer.forced_target_token();
+        }
         let marian = matches!(tokenizer, TextTokenizer::Marian(_));
         if tokenizer.vocab_size() > config.vocab_size && !marian {
             // facebook/bart-large-cnn: 50,265 tokens (<mask> last) for 50,264

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::attention::{causal_mask, padding_mask, Attention};
-use super::embedding::{sinusoidal_table, Table};
+use super::embedding::{fairseq_sinusoidal_table, sinusoidal_table, Table};
 use super::kv_cache::{Cache, KeyValue};
 use super::linear::{to_f32, Linear, Prepared, Weight};
 use super::norm::{Activation, LayerNorm};
@@ -89,8 +89,14 @@ pub struct Arch {
     pub position_offset: usize,
     /// A layer norm right after embeddings + positions (BART's `layernorm_embedding`).
     pub layernorm_embedding: bool,
-    /// Pre-norm layers with a final layer norm per stack (Pegasus); else post-norm.
+    /// Pre-norm layers with a final layer norm per stack (Pegasus, M2M100); else post-norm.
     pub pre_norm: bool,
+    /// Sinusoids in fairseq's layout (M2M100): frequencies
+    /// `exp(-i ln(10000) / (d/2 - 1))`, rows counted from `padding_idx + 1`;
+    /// else transformers' Marian/Pegasus table (`10000^(2i/d)`, from 0).
+    pub fairseq_positions: bool,
+    /// Whether the checkpoint has a `final_logits_bias` (M2M100 has none).
+    pub logits_bias: bool,
 }
 
 impl Arch {
@@ -102,23 +108,41 @@ impl Arch {
                 position_offset: 0,
                 layernorm_embedding: false,
                 pre_norm: false,
+                fairseq_positions: false,
+                logits_bias: true,
             }),
             "bart" => Ok(Arch {
                 sinusoidal_positions: false,
                 position_offset: 2,
                 layernorm_embedding: true,
                 pre_norm: false,
+                fairseq_positions: false,
+                logits_bias: true,
             }),
             "pegasus" => Ok(Arch {
                 sinusoidal_positions: true,
                 position_offset: 0,
                 layernorm_embedding: false,
                 pre_norm: true,
+                fairseq_positions: false,
+                logits_bias: true,
+            }),
+            // M2M100 and NLLB-200 (`modeling_m2m_100.py`): pre-norm with final
+            // layer norms, scaled embeddings, no final_logits_bias, and fairseq
+            // positions offset by padding_idx + 1 (= 2).
+            "m2m_100" => Ok(Arch {
+                sinusoidal_positions: true,
+                position_offset: 2,
+                layernorm_embedding: false,
+                pre_norm: true,
+                fairseq_positions: true,
+                logits_bias: false,
             }),
             other => Err(Error::setting(
                 format!("model_type {other:?} is not supported"),
                 "supported model types: marian (Helsinki-NLP/opus-mt-*), bart (facebook/bart-large-cnn, \
-                 sshleifer/distilbart-cnn-12-6), pegasus (google/pegasus-multi_news)",
+                 sshleifer/distilbart-cnn-12-6), pegasus (google/pegasus-multi_news), m2m_100 \
+                 (facebook/m2m100_418M)",
             )),
         }
     }
@@ -248,10 +272,12 @@ impl BartModel {
                 w.get("final_logits_bias", &[1, tgt_vocab])?
                     .reshape(tgt_vocab)?
             } else {
-                tracing::warn!(
-                    "{}: no final_logits_bias; using zeros as transformers does",
-                    w.path().display()
-                );
+                if arch.logits_bias {
+                    tracing::warn!(
+                        "{}: no final_logits_bias; using zeros as transformers does",
+                        w.path().display()
+                    );
+                }
                 Tensor::zeros(tgt_vocab, w.dtype(), w.device())?
             })
         };
@@ -340,13 +366,15 @@ impl BartModel {
         // transformers 5 does not save the static table and recomputes it; files that
         // carry one (pytorch_model.bin from torch.save) are loaded as transformers
         // loads them, so the file's values win.
-        let table = Tensor::from_vec(
-            sinusoidal_table(config.max_position_embeddings, d),
-            (config.max_position_embeddings, d),
-            w.device(),
-        )?
-        .to_dtype(w.dtype())?;
         let n_pos = config.max_position_embeddings;
+        let rows = n_pos + arch.position_offset;
+        let values = if arch.fairseq_positions {
+            let padding_idx = config.pad_token_id.unwrap_or(1) as usize;
+            fairseq_sinusoidal_table(rows, d, padding_idx)
+        } else {
+            sinusoidal_table(rows, d)
+        };
+        let table = Tensor::from_vec(values, (rows, d), w.device())?.to_dtype(w.dtype())?;
         let positions = |side: &str| -> Result<Tensor> {
             let name = format!("model.{side}.embed_positions.weight");
             if !arch.sinusoidal_positions {

@@ -27,6 +27,29 @@ pub fn sinusoidal_table(n_pos: usize, dim: usize) -> Vec<f32> {
     out
 }
 
+/// fairseq's sinusoidal table (M2M100, NLLB), as transformers'
+/// `M2M100SinusoidalPositionalEmbedding.get_embedding` computes it in float32:
+/// frequencies `exp(-i ln(10000) / (d/2 - 1))`, `[sin | cos]` halves, a zero
+/// column when `dim` is odd, and the `padding_idx` row zeroed.
+pub fn fairseq_sinusoidal_table(n_pos: usize, dim: usize, padding_idx: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let step = (10000f64.ln() / (half as f64 - 1.0)) as f32;
+    let freqs: Vec<f32> = (0..half).map(|i| (i as f32 * -step).exp()).collect();
+    let mut out = vec![0f32; n_pos * dim];
+    for pos in 0..n_pos {
+        if pos == padding_idx {
+            continue;
+        }
+        let row = &mut out[pos * dim..(pos + 1) * dim];
+        for (i, &f) in freqs.iter().enumerate() {
+            let a = pos as f32 * f;
+            row[i] = a.sin();
+            row[half + i] = a.cos();
+        }
+    }
+    out
+}
+
 /// A token embedding table.
 #[derive(Clone)]
 pub enum Table {

@@ -25,18 +25,28 @@ use tokenizers::{NormalizedString, Normalizer};
 use super::{clean_up_tokenization, read_json, read_spm};
 use crate::error::{Error, Result};
 
-const SPACE_SYMBOL: char = '\u{2581}';
+pub(crate) const SPACE_SYMBOL: char = '\u{2581}';
 /// What SentencePiece prints for the `<unk>` piece when decoding.
 const UNK_SURFACE: &str = " \u{2047} ";
 
-/// One SentencePiece model: its normalizer and unigram segmenter, plus the
-/// piece table that decoding needs.
-struct SpmModel {
+/// How a SentencePiece model cuts normalized text into pieces.
+enum Segmenter {
+    /// Viterbi over piece scores (Marian's models).
+    Unigram(Box<Unigram>),
+    /// SentencePiece's BPE (M2M100's `sentencepiece.bpe.model`): start from
+    /// characters and merge, again and again, the adjacent pair whose joined
+    /// piece scores highest (the leftmost on a tie), as `bpe_model.cc` does.
+    Bpe(HashMap<String, f32>),
+}
+
+/// One SentencePiece model: its normalizer and segmenter, plus the piece
+/// table that decoding needs.
+pub(crate) struct SpmModel {
     normalizer: Option<Precompiled>,
     add_dummy_prefix: bool,
     remove_extra_whitespaces: bool,
     escape_whitespaces: bool,
-    unigram: Unigram,
+    segmenter: Segmenter,
     /// piece -> piece type, for `DecodePieces` (control pieces decode to "").
     piece_types: HashMap<String, PieceType>,
     /// Pieces by SentencePiece id (transformers falls back to these for ids
@@ -46,21 +56,22 @@ struct SpmModel {
 }
 
 impl SpmModel {
-    fn load(path: &Path) -> Result<Self> {
+    pub(crate) fn load(path: &Path) -> Result<Self> {
         let model = read_spm(path)?;
-        if let Some(trainer) = model.trainer() {
-            // Only unigram models are used by Marian; BPE would need another segmenter.
-            if trainer.model_type() != sentencepiece_model::ModelType::Unigram {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "SentencePiece model type {:?} is not supported",
-                        trainer.model_type()
-                    ),
-                    "Marian checkpoints use unigram SentencePiece models",
-                    None,
-                ));
-            }
+        let model_type = model
+            .trainer()
+            .map(|t| t.model_type())
+            .unwrap_or(sentencepiece_model::ModelType::Unigram);
+        if !matches!(
+            model_type,
+            sentencepiece_model::ModelType::Unigram | sentencepiece_model::ModelType::Bpe
+        ) {
+            return Err(Error::file(
+                path,
+                format!("SentencePiece model type {model_type:?} is not supported"),
+                "transum reads unigram (Marian) and BPE (M2M100) SentencePiece models",
+                None,
+            ));
         }
         let spec = model.normalizer();
         let charsmap = spec.map(|s| s.precompiled_charsmap()).unwrap_or(&[]);
@@ -102,20 +113,33 @@ impl SpmModel {
                 PieceType::Control | PieceType::Unused | PieceType::Byte => {}
             }
         }
-        let unigram = Unigram::from(vocab, unk_id, false).map_err(|e| {
-            Error::file(
-                path,
-                "cannot build the unigram segmenter",
-                "the SentencePiece model has no <unk> piece or no pieces",
-                Some(e),
+        let segmenter = if model_type == sentencepiece_model::ModelType::Bpe {
+            Segmenter::Bpe(
+                model
+                    .pieces()
+                    .iter()
+                    .filter(|p| p.r#type() == PieceType::Normal)
+                    .map(|p| (p.piece().to_string(), p.score()))
+                    .collect(),
             )
-        })?;
+        } else {
+            Segmenter::Unigram(Box::new(Unigram::from(vocab, unk_id, false).map_err(
+                |e| {
+                    Error::file(
+                        path,
+                        "cannot build the unigram segmenter",
+                        "the SentencePiece model has no <unk> piece or no pieces",
+                        Some(e),
+                    )
+                },
+            )?))
+        };
         Ok(SpmModel {
             normalizer,
             add_dummy_prefix: spec.map(|s| s.add_dummy_prefix()).unwrap_or(true),
             remove_extra_whitespaces: spec.map(|s| s.remove_extra_whitespaces()).unwrap_or(true),
             escape_whitespaces: spec.map(|s| s.escape_whitespaces()).unwrap_or(true),
-            unigram,
+            segmenter,
             piece_types,
             pieces,
             unk_piece,
@@ -170,21 +194,24 @@ impl SpmModel {
     }
 
     /// SentencePiece `encode(text, out_type=str)`.
-    fn encode_pieces(&self, text: &str) -> Result<Vec<String>> {
+    pub(crate) fn encode_pieces(&self, text: &str) -> Result<Vec<String>> {
         let normalized = self.normalize(text)?;
         if normalized.is_empty() {
             return Ok(Vec::new());
         }
-        self.unigram.encode(&normalized).map_err(|e| {
-            Error::input(
-                format!("segmentation failed: {e}"),
-                "report this input as a bug",
-            )
-        })
+        match &self.segmenter {
+            Segmenter::Unigram(u) => u.encode(&normalized).map_err(|e| {
+                Error::input(
+                    format!("segmentation failed: {e}"),
+                    "report this input as a bug",
+                )
+            }),
+            Segmenter::Bpe(scores) => Ok(bpe_merge(scores, &normalized)),
+        }
     }
 
     /// SentencePiece `decode_pieces`.
-    fn decode_pieces(&self, pieces: &[&str]) -> String {
+    pub(crate) fn decode_pieces(&self, pieces: &[&str]) -> String {
         let mut out = String::new();
         let mut is_bos_ws = true;
         for &piece in pieces {
@@ -214,6 +241,72 @@ impl SpmModel {
         }
         out
     }
+}
+
+/// Split raw text on special-token strings (longest first in `specials`), as
+/// transformers' added-token trie does: leftmost match, longest at that
+/// position. Each chunk says whether it is a special token.
+pub(crate) fn split_special<'a>(text: &'a str, specials: &[String]) -> Vec<(&'a str, bool)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < text.len() {
+        if let Some(tok) = specials.iter().find(|t| text[i..].starts_with(t.as_str())) {
+            if start < i {
+                out.push((&text[start..i], false));
+            }
+            out.push((&text[i..i + tok.len()], true));
+            i += tok.len();
+            start = i;
+        } else {
+            i += text[i..].chars().next().map_or(1, char::len_utf8);
+        }
+    }
+    if start < text.len() {
+        out.push((&text[start..], false));
+    }
+    out
+}
+
+/// SentencePiece BPE on one normalized string: characters, then repeated
+/// merges of the best-scoring adjacent pair (leftmost on a tie) while the
+/// joined string is a piece, then runs of unknown symbols fused. Quadratic in
+/// the length of a segment, which is a sentence here.
+fn bpe_merge(scores: &HashMap<String, f32>, text: &str) -> Vec<String> {
+    let mut syms: Vec<String> = text.chars().map(String::from).collect();
+    let mut joined = String::new();
+    loop {
+        let mut best: Option<(f32, usize)> = None;
+        for i in 0..syms.len().saturating_sub(1) {
+            joined.clear();
+            joined.push_str(&syms[i]);
+            joined.push_str(&syms[i + 1]);
+            if let Some(&score) = scores.get(joined.as_str()) {
+                if best.is_none_or(|(b, _)| score > b) {
+                    best = Some((score, i));
+                }
+            }
+        }
+        let Some((_, i)) = best else {
+            break;
+        };
+        let right = syms.remove(i + 1);
+        syms[i].push_str(&right);
+    }
+    // SentencePiece merges each run of unknown symbols into one (still
+    // unknown) piece, so that it maps to a single <unk>.
+    let mut out: Vec<String> = Vec::with_capacity(syms.len());
+    for s in syms {
+        match out.last_mut() {
+            Some(prev)
+                if !scores.contains_key(prev.as_str()) && !scores.contains_key(s.as_str()) =>
+            {
+                prev.push_str(&s)
+            }
+            _ => out.push(s),
+        }
+    }
+    out
 }
 
 /// Paths of the tokenizer files in a Marian checkpoint directory.
@@ -257,7 +350,7 @@ pub struct MarianTokenizer {
 }
 
 /// Read and parse a JSON file, naming the file on failure.
-fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
+pub(crate) fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
     let value = read_json(path)?;
     let map = value.as_object().ok_or_else(|| {
         Error::file(
@@ -285,7 +378,7 @@ fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
 }
 
 /// A token in tokenizer_config.json is either a string or an AddedToken object.
-fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
+pub(crate) fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
     match v? {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
@@ -409,32 +502,8 @@ impl MarianTokenizer {
         self.encoder.len()
     }
 
-    /// Split raw text on special-token strings, as transformers' added-token trie does
-    /// (leftmost match, longest at that position).
     fn split_special<'a>(&self, text: &'a str) -> Vec<(&'a str, bool)> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        let mut i = 0;
-        while i < text.len() {
-            if let Some(tok) = self
-                .special_tokens
-                .iter()
-                .find(|t| text[i..].starts_with(t.as_str()))
-            {
-                if start < i {
-                    out.push((&text[start..i], false));
-                }
-                out.push((&text[i..i + tok.len()], true));
-                i += tok.len();
-                start = i;
-            } else {
-                i += text[i..].chars().next().map_or(1, char::len_utf8);
-            }
-        }
-        if start < text.len() {
-            out.push((&text[start..], false));
-        }
-        out
+        split_special(text, &self.special_tokens)
     }
 
     fn piece_id(&self, piece: &str) -> u32 {

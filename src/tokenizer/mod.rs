@@ -5,11 +5,13 @@
 //! model side only ever sees ids.
 
 mod hf;
+mod m2m100;
 mod marian;
 
 use std::path::Path;
 
 pub use hf::HfTokenizer;
+pub use m2m100::{M2m100Tokenizer, M2M100_LANGUAGES};
 pub use marian::{MarianTokenizer, TokenizerFiles};
 
 use crate::error::{Error, Result};
@@ -72,6 +74,7 @@ pub(crate) fn read_spm(path: &Path) -> Result<sentencepiece_model::SentencePiece
 pub enum TextTokenizer {
     Marian(Box<MarianTokenizer>),
     Hf(Box<HfTokenizer>),
+    M2m100(Box<M2m100Tokenizer>),
 }
 
 impl TextTokenizer {
@@ -79,6 +82,7 @@ impl TextTokenizer {
     pub fn from_dir(dir: &Path, model_type: &str) -> Result<Self> {
         Ok(match model_type {
             "marian" => TextTokenizer::Marian(Box::new(MarianTokenizer::from_dir(dir)?)),
+            "m2m_100" => TextTokenizer::M2m100(Box::new(M2m100Tokenizer::from_dir(dir)?)),
             _ => TextTokenizer::Hf(Box::new(HfTokenizer::from_dir(dir)?)),
         })
     }
@@ -88,6 +92,25 @@ impl TextTokenizer {
         match self {
             TextTokenizer::Marian(t) => t.encode(text),
             TextTokenizer::Hf(t) => t.encode(text),
+            TextTokenizer::M2m100(t) => t.encode(text),
+        }
+    }
+
+    /// Set the language of the next sources, for tokenizers that mark it
+    /// (M2M100's `__xx__`); the others ignore it.
+    pub fn set_source_lang(&self, code: &str) -> Result<()> {
+        match self {
+            TextTokenizer::M2m100(t) => t.set_source_lang(code),
+            _ => Ok(()),
+        }
+    }
+
+    /// The token generation must start with, for tokenizers that force the
+    /// target language (M2M100: `__en__`).
+    pub fn forced_target_token(&self) -> Option<u32> {
+        match self {
+            TextTokenizer::M2m100(t) => t.lang_id(crate::lang::ENGLISH),
+            _ => None,
         }
     }
 
@@ -96,6 +119,7 @@ impl TextTokenizer {
         match self {
             TextTokenizer::Marian(t) => t.has_token(token),
             TextTokenizer::Hf(t) => t.has_token(token),
+            TextTokenizer::M2m100(t) => t.has_token(token),
         }
     }
 
@@ -104,6 +128,7 @@ impl TextTokenizer {
         match self {
             TextTokenizer::Marian(t) => t.decode(ids),
             TextTokenizer::Hf(t) => t.decode(ids),
+            TextTokenizer::M2m100(t) => t.decode(ids),
         }
     }
 
@@ -112,6 +137,7 @@ impl TextTokenizer {
         match self {
             TextTokenizer::Marian(t) => t.eos_id(),
             TextTokenizer::Hf(t) => t.eos_id(),
+            TextTokenizer::M2m100(t) => t.eos_id(),
         }
     }
 
@@ -120,6 +146,7 @@ impl TextTokenizer {
         match self {
             TextTokenizer::Marian(t) => t.pad_id(),
             TextTokenizer::Hf(t) => t.pad_id(),
+            TextTokenizer::M2m100(t) => t.pad_id(),
         }
     }
 
@@ -128,6 +155,7 @@ impl TextTokenizer {
         match self {
             TextTokenizer::Marian(t) => t.vocab_size(),
             TextTokenizer::Hf(t) => t.vocab_size(),
+            TextTokenizer::M2m100(t) => t.vocab_size(),
         }
     }
 }

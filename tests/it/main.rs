@@ -10,6 +10,7 @@ mod hub;
 mod kernels;
 mod lang;
 mod limits;
+mod m2m;
 mod nightly;
 mod parity;
 mod quant;

@@ -1,0 +1,137 @@
+//! M2M100 (the multilingual family) against transformers on the m2m-a
+//! fixture: tokenizer ids with the source-language token, decoding with the
+//! language tokens stripped, first-step logits, and greedy and beam-4 outputs
+//! with English forced as the first token, batched with mixed lengths.
+
+use candle_core::{DType, Device, Tensor};
+use transum::generation::GenerationOverrides;
+use transum::models::Seq2Seq;
+
+use crate::harness::{golden, overrides, translator, u32s};
+use crate::parity::assert_outputs_match;
+
+#[test]
+fn m2m100_tokenizer_matches_transformers() {
+    let t = translator("m2m-a", &GenerationOverrides::default());
+    let g = golden("m2m-a");
+    let mut bad = Vec::new();
+    let cases = g["tokenizer"].as_array().unwrap();
+    for case in cases {
+        t.tokenizer
+            .set_source_lang(case["src_lang"].as_str().unwrap())
+            .unwrap();
+        let text = case["text"].as_str().unwrap();
+        let got = t.tokenizer.encode(text).unwrap();
+        let want = u32s(&case["ids"]);
+        if got != want {
+            bad.push(format!("{text:?}\n    want {want:?}\n    got  {got:?}"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} differ:\n{}",
+        bad.len(),
+        cases.len(),
+        bad.join("\n")
+    );
+    for case in g["decode"].as_array().unwrap() {
+        let ids = u32s(&case["ids"]);
+        assert_eq!(
+            t.tokenizer.decode(&ids),
+            case["text"].as_str().unwrap(),
+            "decode({ids:?})"
+        );
+    }
+    // English is forced first, from the tokenizer's language table.
+    assert_eq!(
+        t.options.forced_bos_token_id,
+        g["forced_bos_token_id"].as_u64().map(|x| x as u32)
+    );
+    let err = t.tokenizer.set_source_lang("tlh").unwrap_err().to_string();
+    assert!(
+        err.contains("no language token") && err.contains("--model tlh="),
+        "{err}"
+    );
+}
+
+#[test]
+fn m2m100_logits_and_generation_match_transformers() {
+    let t = translator("m2m-a", &GenerationOverrides::default());
+    t.tokenizer.set_source_lang("fr").unwrap();
+    let g = golden("m2m-a");
+    for case in g["logits"].as_array().unwrap() {
+        let ids = t.tokenizer.encode(case["text"].as_str().unwrap()).unwrap();
+        let n = ids.len();
+        let input = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
+        let mask = Tensor::ones((1, n), DType::U32, &Device::Cpu).unwrap();
+        let mut state = t.model.start(&input, &mask).unwrap();
+        let got = t.model.step(&mut state, &[2]).unwrap();
+        let want: Vec<f32> = case["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got.len(), want.len());
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff <= 1e-4, "first-step logits differ by {diff}");
+    }
+    for run in g["runs"].as_array().unwrap() {
+        let t = translator("m2m-a", &overrides(&run["settings"]));
+        t.tokenizer.set_source_lang("fr").unwrap();
+        let outputs = run["outputs"].as_array().unwrap();
+        assert_outputs_match("m2m-a", run["label"].as_str().unwrap(), &t, outputs);
+    }
+}
+
+#[test]
+fn m2m100_serves_as_the_fallback_with_each_articles_language() {
+    use crate::harness::{fixture_model, transum, TempDir};
+    let dir = TempDir::new("m2m-fallback");
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let ml = crate::harness::repo().join("tests/fixtures/multilingual");
+    for f in ["pt_cimeira", "nl_top"] {
+        std::fs::copy(ml.join(format!("{f}.txt")), corpus.join(format!("{f}.txt"))).unwrap();
+    }
+    let m2m = fixture_model("m2m-a");
+    let out = transum(
+        dir.path(),
+        &[
+            "run",
+            "--fallback-model",
+            m2m.to_str().unwrap(),
+            "--model",
+            &format!("nl={}", m2m.display()),
+            "--beams",
+            "1",
+            "--max-new-tokens",
+            "5",
+            "--summarizer",
+            "none",
+        ],
+        None,
+    );
+    crate::harness::assert_success(&out);
+    let m = crate::run::manifest(dir.path());
+    // One model, loaded once, for both languages; each article encoded with
+    // its own language token (the outputs differ from the same text in another).
+    assert_eq!(m["models"].as_array().unwrap().len(), 1);
+    let langs = &m["models"][0]["languages"];
+    assert!(langs.as_array().unwrap().len() == 2, "{langs}");
+    for a in m["articles"].as_array().unwrap() {
+        assert_eq!(a["status"], "ok", "{a}");
+        assert_eq!(a["model"].as_str(), Some(m2m.to_str().unwrap()));
+    }
+    let t = translator("m2m-a", &GenerationOverrides::default());
+    t.tokenizer.set_source_lang("pt").unwrap();
+    let pt = t.tokenizer.encode("Olá").unwrap();
+    t.tokenizer.set_source_lang("nl").unwrap();
+    let nl = t.tokenizer.encode("Olá").unwrap();
+    assert_ne!(pt[0], nl[0], "the first id is the source language");
+    assert_eq!(pt[1..], nl[1..]);
+}
