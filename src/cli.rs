@@ -226,13 +226,7 @@ pub struct RunArgs {
     pub outputs: PathBuf,
 
     #[command(flatten)]
-    pub model: ModelArgs,
-
-    #[command(flatten)]
-    pub cache: CacheArgs,
-
-    #[command(flatten)]
-    pub search: SearchArgs,
+    pub tr: TranslationArgs,
 
     #[command(flatten)]
     pub summary: SummaryArgs,
@@ -335,6 +329,20 @@ pub enum Segment {
     Sentences,
 }
 
+/// What translating takes, shared by `run` and `translate`: the models, where
+/// they come from, and how to search.
+#[derive(Debug, Args)]
+pub struct TranslationArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
+    #[command(flatten)]
+    pub search: SearchArgs,
+}
+
 /// Which models translate, and from which language.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -405,13 +413,7 @@ pub struct TranslateArgs {
     pub input: String,
 
     #[command(flatten)]
-    pub model: ModelArgs,
-
-    #[command(flatten)]
-    pub cache: CacheArgs,
-
-    #[command(flatten)]
-    pub search: SearchArgs,
+    pub tr: TranslationArgs,
 
     /// How to cut the input into units.
     #[arg(long, value_enum, default_value_t = Segment::Lines)]
@@ -566,16 +568,16 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
             args.corpus.display()
         );
     }
-    let hub = args.cache.hub();
-    let (routing, source_lang) = args.model.routing()?;
+    let hub = args.tr.cache.hub();
+    let (routing, source_lang) = args.tr.model.routing()?;
     // Flags are checked before anything loads.
-    args.search.overrides()?;
+    args.tr.search.overrides()?;
     let summary_lang = args.summary.summary_lang()?;
     // Loaded before translating: a missing summary model is a setup error, found at once.
     let summarizer = load_summarizer(&args.summary, &hub)?;
     let mut models = CliModels {
-        search: &args.search,
-        placement: placement(args.model.quantize.as_deref())?,
+        search: &args.tr.search,
+        placement: placement(args.tr.model.quantize.as_deref())?,
         hub: hub.clone(),
     };
     let opts = transum::pipeline::RunOptions {
@@ -758,7 +760,7 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
     } else {
         args.input.as_str()
     };
-    let (routing, source_lang) = args.model.routing()?;
+    let (routing, source_lang) = args.tr.model.routing()?;
     // A bare --model translates the input, whatever its language; otherwise
     // the input's language picks the model, and English passes through.
     let mut input_lang = source_lang.clone();
@@ -793,8 +795,9 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
             }
         }
     };
-    let placement = placement(args.model.quantize.as_deref())?;
-    let (translator, _) = load_translator(&spec, &placement, &args.search, &args.cache.hub())?;
+    let placement = placement(args.tr.model.quantize.as_deref())?;
+    let (translator, _) =
+        load_translator(&spec, &placement, &args.tr.search, &args.tr.cache.hub())?;
     if let Some(l) = &input_lang {
         translator.tokenizer.set_source_lang(l)?;
     }

@@ -270,6 +270,13 @@ fn orphans(
     names.into_iter().collect()
 }
 
+/// The cache key of everything in `settings` (plus transum's version) that
+/// decides an output besides its inputs.
+fn settings_key(settings: serde_json::Value) -> String {
+    let all = serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "settings": settings});
+    sha256_bytes(all.to_string().as_bytes())
+}
+
 /// An article read, cleaned and routed.
 struct Article {
     path: PathBuf,
@@ -562,11 +569,7 @@ pub fn run(
             },
         };
         let settings_key = match &loaded {
-            None => sha256_bytes(
-                serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "passthrough": true})
-                    .to_string()
-                    .as_bytes(),
-            ),
+            None => settings_key(serde_json::json!({"passthrough": true})),
             Some((translator, record)) => {
                 let entry = ModelEntry {
                     model: record.clone(),
@@ -577,18 +580,13 @@ pub fn run(
                     batch_tokens: translator.batch_tokens,
                 };
                 // Everything besides the source that decides a translation.
-                let key = sha256_bytes(
-                    serde_json::json!({
-                        "version": env!("CARGO_PKG_VERSION"),
-                        "model": entry.model,
-                        "dtype": entry.dtype,
-                        "generation": entry.generation,
-                        "batch_tokens": translator.batch_tokens,
-                        "max_batch": translator.max_batch,
-                    })
-                    .to_string()
-                    .as_bytes(),
-                );
+                let key = settings_key(serde_json::json!({
+                    "model": entry.model,
+                    "dtype": entry.dtype,
+                    "generation": entry.generation,
+                    "batch_tokens": translator.batch_tokens,
+                    "max_batch": translator.max_batch,
+                }));
                 state.manifest.models.push(entry);
                 key
             }
@@ -721,9 +719,7 @@ fn summary_stage(
         })
         .collect();
     let template = s.record(opts.max_words, &Err(String::new()), inputs.len(), 0.0);
-    let key = sha256_bytes(
-        serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
+    let key = settings_key(serde_json::json!({
             "summarizer": template.summarizer,
             "model": template.model,
             "precision": template.precision,
@@ -732,10 +728,7 @@ fn summary_stage(
             "thresholds": [template.same_fact_threshold, template.related_threshold, template.supports_threshold],
             "inputs": inputs,
             "summary_lang": opts.summary_lang,
-        })
-        .to_string()
-        .as_bytes(),
-    );
+    }));
     if let Some(prev) = previous {
         let mut files = vec![
             (

@@ -115,25 +115,23 @@ fn a_mixed_corpus_goes_language_by_language() {
     let fr_arg = format!("fr={}", fr.display());
     let de_arg = format!("de={}", de.display());
     let es_arg = format!("es={}", es.display());
-    let out = transum(
-        dir.path(),
-        &[
-            "run",
-            "--model",
-            &fr_arg,
-            "--model",
-            &de_arg,
-            "--model",
-            &es_arg,
-            "--beams",
-            "1",
-            "--max-new-tokens",
-            "6",
-            "--summarizer",
-            "extractive",
-        ],
-        None,
-    );
+    let args = [
+        "run",
+        "--model",
+        &fr_arg,
+        "--model",
+        &de_arg,
+        "--model",
+        &es_arg,
+        "--beams",
+        "1",
+        "--max-new-tokens",
+        "6",
+        "--summarizer",
+        "extractive",
+    ];
+    let run = || transum(dir.path(), &args, None);
+    let out = run();
     let err = String::from_utf8_lossy(&out.stderr);
     // Only the junk article fails.
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -193,25 +191,7 @@ fn a_mixed_corpus_goes_language_by_language() {
     assert_eq!(m["summary"]["articles"], 5);
 
     // A rerun keeps everything, and still records languages.
-    let out = transum(
-        dir.path(),
-        &[
-            "run",
-            "--model",
-            &fr_arg,
-            "--model",
-            &de_arg,
-            "--model",
-            &es_arg,
-            "--beams",
-            "1",
-            "--max-new-tokens",
-            "6",
-            "--summarizer",
-            "extractive",
-        ],
-        None,
-    );
+    let out = run();
     assert_eq!(out.status.code(), Some(1));
     let a = by_source(&crate::run::manifest(dir.path()));
     assert_eq!(a["de_gipfel.txt"]["status"], "cached");
