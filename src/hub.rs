@@ -35,7 +35,11 @@ pub fn tokenizer_file_sets(model_type: &str) -> &'static [&'static [&'static str
     match model_type {
         "marian" => &[&["source.spm", "target.spm", "vocab.json"]],
         "pegasus" => &[&["tokenizer.json"], &["spiece.model"]],
-        "m2m_100" => &[&["sentencepiece.bpe.model", "vocab.json"]],
+        // M2M100's own files, or NLLB-200's tokenizer.json.
+        "m2m_100" => &[
+            &["sentencepiece.bpe.model", "vocab.json"],
+            &["tokenizer.json"],
+        ],
         _ => &[&["tokenizer.json"], &["vocab.json", "merges.txt"]],
     }
 }

@@ -69,6 +69,24 @@ impl Translator {
             None
         };
         let mut options = GenerationOptions::resolve(gen_json.as_ref(), &config_json, overrides)?;
+        // NLLB-200 checkpoints may carry no max_length, and transformers'
+        // default of 20 tokens would cut most sentences: let the decoder's
+        // positions (and the relative cap) bound them instead.
+        let says_max = |v: Option<&serde_json::Value>| {
+            v.is_some_and(|v| v.get("max_length").is_some() || v.get("max_new_tokens").is_some())
+        };
+        if config.model_type == "m2m_100"
+            && options.max_length_from == crate::generation::LengthLimit::Checkpoint
+            && !says_max(gen_json.as_ref())
+            && !says_max(Some(&config_json))
+        {
+            options.max_length = config.max_position_embeddings + 1;
+            tracing::info!(
+                "{}: no max_length in the checkpoint; outputs are bounded by the decoder's {} positions",
+                files.dir.display(),
+                config.max_position_embeddings
+            );
+        }
         if options.max_length > config.max_position_embeddings + 1 {
             // Valid (transformers loads it) and common: generation settings
             // written for a larger model. Logged once here; every output that

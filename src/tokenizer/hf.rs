@@ -131,6 +131,21 @@ impl HfTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Ids of `text` alone, without the special tokens the checkpoint's
+    /// template would add (a caller that lays them out itself).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err(&self.source, "failed to encode a text", e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The id of `token`, if the vocabulary (added tokens included) has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> String {
         let text = self.inner.decode(ids, true).unwrap_or_default();

@@ -7,12 +7,14 @@
 mod hf;
 mod m2m100;
 mod marian;
+mod nllb;
 
 use std::path::Path;
 
 pub use hf::HfTokenizer;
 pub use m2m100::{M2m100Tokenizer, M2M100_LANGUAGES};
 pub use marian::{MarianTokenizer, TokenizerFiles};
+pub use nllb::{flores_code, NllbTokenizer};
 
 use crate::error::{Error, Result};
 
@@ -70,11 +72,28 @@ pub(crate) fn read_spm(path: &Path) -> Result<sentencepiece_model::SentencePiece
     })
 }
 
+/// Whether the checkpoint in `dir` has an NLLB tokenizer (its
+/// tokenizer_config.json names NllbTokenizer, or a tokenizer.json comes
+/// without M2M100's sentencepiece.bpe.model + vocab.json).
+fn is_nllb(dir: &Path) -> Result<bool> {
+    let cfg = dir.join("tokenizer_config.json");
+    if cfg.is_file() {
+        if let Some(class) = read_json(&cfg)?
+            .get("tokenizer_class")
+            .and_then(|c| c.as_str())
+        {
+            return Ok(class.starts_with("Nllb"));
+        }
+    }
+    Ok(dir.join("tokenizer.json").is_file() && !dir.join("vocab.json").is_file())
+}
+
 /// The tokenizer of a checkpoint, whichever family it belongs to.
 pub enum TextTokenizer {
     Marian(Box<MarianTokenizer>),
     Hf(Box<HfTokenizer>),
     M2m100(Box<M2m100Tokenizer>),
+    Nllb(Box<NllbTokenizer>),
 }
 
 impl TextTokenizer {
@@ -82,6 +101,10 @@ impl TextTokenizer {
     pub fn from_dir(dir: &Path, model_type: &str) -> Result<Self> {
         Ok(match model_type {
             "marian" => TextTokenizer::Marian(Box::new(MarianTokenizer::from_dir(dir)?)),
+            // NLLB-200 checkpoints are m2m_100 models with an NLLB tokenizer.
+            "m2m_100" if is_nllb(dir)? => {
+                TextTokenizer::Nllb(Box::new(NllbTokenizer::from_dir(dir)?))
+            }
             "m2m_100" => TextTokenizer::M2m100(Box::new(M2m100Tokenizer::from_dir(dir)?)),
             _ => TextTokenizer::Hf(Box::new(HfTokenizer::from_dir(dir)?)),
         })
@@ -93,6 +116,7 @@ impl TextTokenizer {
             TextTokenizer::Marian(t) => t.encode(text),
             TextTokenizer::Hf(t) => t.encode(text),
             TextTokenizer::M2m100(t) => t.encode(text),
+            TextTokenizer::Nllb(t) => t.encode(text),
         }
     }
 
@@ -101,6 +125,7 @@ impl TextTokenizer {
     pub fn set_source_lang(&self, code: &str) -> Result<()> {
         match self {
             TextTokenizer::M2m100(t) => t.set_source_lang(code),
+            TextTokenizer::Nllb(t) => t.set_source_lang(code),
             _ => Ok(()),
         }
     }
@@ -110,6 +135,7 @@ impl TextTokenizer {
     pub fn forced_target_token(&self) -> Option<u32> {
         match self {
             TextTokenizer::M2m100(t) => t.lang_id(crate::lang::ENGLISH),
+            TextTokenizer::Nllb(t) => t.lang_id(crate::lang::ENGLISH),
             _ => None,
         }
     }
@@ -120,6 +146,7 @@ impl TextTokenizer {
             TextTokenizer::Marian(t) => t.has_token(token),
             TextTokenizer::Hf(t) => t.has_token(token),
             TextTokenizer::M2m100(t) => t.has_token(token),
+            TextTokenizer::Nllb(t) => t.has_token(token),
         }
     }
 
@@ -129,6 +156,7 @@ impl TextTokenizer {
             TextTokenizer::Marian(t) => t.decode(ids),
             TextTokenizer::Hf(t) => t.decode(ids),
             TextTokenizer::M2m100(t) => t.decode(ids),
+            TextTokenizer::Nllb(t) => t.decode(ids),
         }
     }
 
@@ -138,6 +166,7 @@ impl TextTokenizer {
             TextTokenizer::Marian(t) => t.eos_id(),
             TextTokenizer::Hf(t) => t.eos_id(),
             TextTokenizer::M2m100(t) => t.eos_id(),
+            TextTokenizer::Nllb(t) => t.eos_id(),
         }
     }
 
@@ -147,6 +176,7 @@ impl TextTokenizer {
             TextTokenizer::Marian(t) => t.pad_id(),
             TextTokenizer::Hf(t) => t.pad_id(),
             TextTokenizer::M2m100(t) => t.pad_id(),
+            TextTokenizer::Nllb(t) => t.pad_id(),
         }
     }
 
@@ -156,6 +186,7 @@ impl TextTokenizer {
             TextTokenizer::Marian(t) => t.vocab_size(),
             TextTokenizer::Hf(t) => t.vocab_size(),
             TextTokenizer::M2m100(t) => t.vocab_size(),
+            TextTokenizer::Nllb(t) => t.vocab_size(),
         }
     }
 }

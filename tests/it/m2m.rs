@@ -1,7 +1,11 @@
-//! M2M100 (the multilingual family) against transformers on the m2m-a
-//! fixture: tokenizer ids with the source-language token, decoding with the
-//! language tokens stripped, first-step logits, and greedy and beam-4 outputs
-//! with English forced as the first token, batched with mixed lengths.
+//! M2M100 and NLLB-200 (the multilingual family: one model class, two
+//! tokenizers) against transformers on the m2m-a and nllb-a fixtures:
+//! tokenizer ids with the source-language token, decoding with the language
+//! tokens stripped, first-step logits, and greedy and beam-4 outputs with
+//! English forced as the first token, batched with mixed lengths.
+
+/// The fixtures and their French source-language code.
+const FIXTURES: [(&str, &str); 2] = [("m2m-a", "fr"), ("nllb-a", "fra_Latn")];
 
 use candle_core::{DType, Device, Tensor};
 use transum::generation::GenerationOverrides;
@@ -12,8 +16,20 @@ use crate::parity::assert_outputs_match;
 
 #[test]
 fn m2m100_tokenizer_matches_transformers() {
-    let t = translator("m2m-a", &GenerationOverrides::default());
-    let g = golden("m2m-a");
+    for (name, _) in FIXTURES {
+        check_tokenizer(name);
+    }
+    // ISO codes from language identification reach NLLB's FLORES codes.
+    let t = translator("nllb-a", &GenerationOverrides::default());
+    t.tokenizer.set_source_lang("zh").unwrap();
+    let zh = t.tokenizer.encode("x").unwrap()[0];
+    t.tokenizer.set_source_lang("zho_Hans").unwrap();
+    assert_eq!(t.tokenizer.encode("x").unwrap()[0], zh);
+}
+
+fn check_tokenizer(name: &str) {
+    let t = translator(name, &GenerationOverrides::default());
+    let g = golden(name);
     let mut bad = Vec::new();
     let cases = g["tokenizer"].as_array().unwrap();
     for case in cases {
@@ -49,16 +65,22 @@ fn m2m100_tokenizer_matches_transformers() {
     );
     let err = t.tokenizer.set_source_lang("tlh").unwrap_err().to_string();
     assert!(
-        err.contains("no language token") && err.contains("--model tlh="),
+        err.contains("has no language") && err.contains("--model tlh="),
         "{err}"
     );
 }
 
 #[test]
 fn m2m100_logits_and_generation_match_transformers() {
-    let t = translator("m2m-a", &GenerationOverrides::default());
-    t.tokenizer.set_source_lang("fr").unwrap();
-    let g = golden("m2m-a");
+    for (name, fr) in FIXTURES {
+        check_model(name, fr);
+    }
+}
+
+fn check_model(name: &str, fr: &str) {
+    let t = translator(name, &GenerationOverrides::default());
+    t.tokenizer.set_source_lang(fr).unwrap();
+    let g = golden(name);
     for case in g["logits"].as_array().unwrap() {
         let ids = t.tokenizer.encode(case["text"].as_str().unwrap()).unwrap();
         let n = ids.len();
@@ -78,13 +100,13 @@ fn m2m100_logits_and_generation_match_transformers() {
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        assert!(diff <= 1e-4, "first-step logits differ by {diff}");
+        assert!(diff <= 1e-4, "{name}: first-step logits differ by {diff}");
     }
     for run in g["runs"].as_array().unwrap() {
-        let t = translator("m2m-a", &overrides(&run["settings"]));
-        t.tokenizer.set_source_lang("fr").unwrap();
+        let t = translator(name, &overrides(&run["settings"]));
+        t.tokenizer.set_source_lang(fr).unwrap();
         let outputs = run["outputs"].as_array().unwrap();
-        assert_outputs_match("m2m-a", run["label"].as_str().unwrap(), &t, outputs);
+        assert_outputs_match(name, run["label"].as_str().unwrap(), &t, outputs);
     }
 }
 
