@@ -555,11 +555,14 @@ pub fn run(
                             rec.language_confidence = *c;
                         }
                         rec.status = Status::Failed;
+                        let lang = rec.language.as_deref().unwrap_or("xx");
+                        let confidence = rec
+                            .language_confidence
+                            .map(|c| format!(", confidence {c:.2}"))
+                            .unwrap_or_default();
                         rec.error = Some(format!(
-                            "{}: its model {spec} is not available: {e}\n  hint: `transum download --langs {}` fetches it, or pass --model {}=ORG/NAME (or a local directory)",
+                            "{}: is in {lang}{confidence}, and its model {spec} is not available: {e}\n  hint: `transum download --langs {lang}` fetches it, or pass --model {lang}=ORG/NAME (or a local directory)",
                             paths[i].display(),
-                            rec.language.as_deref().unwrap_or("xx"),
-                            rec.language.as_deref().unwrap_or("xx"),
                         ));
                         state.finish(i, rec, Instant::now())?;
                     }

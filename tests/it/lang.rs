@@ -262,6 +262,7 @@ fn an_article_without_a_model_fails_alone_with_the_fix() {
     let e = it["error"].as_str().unwrap();
     assert!(
         e.contains("opus-mt-tc-big-it-en")
+            && e.contains("is in it, confidence")
             && e.contains("transum download --langs it")
             && e.contains("--model it="),
         "{e}"
