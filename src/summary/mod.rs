@@ -18,6 +18,7 @@
 //! article about something else.
 
 pub mod abstractive;
+pub mod embed;
 pub mod extractive;
 pub mod similarity;
 

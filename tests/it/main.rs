@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod embed;
 mod fuzz;
 mod hub;
 mod kernels;
