@@ -139,53 +139,66 @@ impl SentenceEncoder {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Embeddings of `texts`, in batches of `batch` right-padded sentences:
-    /// the mean of the last hidden states over real tokens, L2-normalized
-    /// when the checkpoint has a Normalize module.
+    /// Embeddings of `texts`, in input order: the mean of the last hidden
+    /// states over real tokens, L2-normalized when the checkpoint has a
+    /// Normalize module. Sentences are sorted by length and batched (at most
+    /// `batch` of them, 8,192 padded tokens), so padding stays small.
     pub fn embed(&self, texts: &[&str], batch: usize) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(batch.max(1)) {
-            let ids = chunk
-                .iter()
-                .map(|t| self.ids(t))
-                .collect::<Result<Vec<_>>>()?;
-            let longest = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
-            let (mut flat, mut mask) = (Vec::new(), Vec::new());
-            for seq in &ids {
-                flat.extend(
-                    seq.iter()
-                        .copied()
-                        .chain(std::iter::repeat_n(0, longest - seq.len())),
-                );
-                mask.extend(
-                    std::iter::repeat_n(1u32, seq.len())
-                        .chain(std::iter::repeat_n(0, longest - seq.len())),
-                );
-            }
-            let n = ids.len();
-            let input = Tensor::from_vec(flat, (n, longest), &self.device)?;
-            let mask = Tensor::from_vec(mask, (n, longest), &self.device)?;
-            let types = input.zeros_like()?;
-            let hidden = self.model.forward(&input, &types, Some(&mask))?;
-            let hidden = hidden.flatten_all()?.to_vec1::<f32>()?;
-            for (r, seq) in ids.iter().enumerate() {
-                let mut v = vec![0f32; self.dim];
-                for t in 0..seq.len() {
-                    let h = &hidden[(r * longest + t) * self.dim..(r * longest + t + 1) * self.dim];
-                    for (a, &b) in v.iter_mut().zip(h) {
-                        *a += b;
-                    }
+        let ids = texts
+            .iter()
+            .map(|t| self.ids(t))
+            .collect::<Result<Vec<_>>>()?;
+        let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let plan = crate::batch::plan(&lengths, 8192, batch.max(1));
+        let results = plan
+            .iter()
+            .map(|b| {
+                let seqs: Vec<&[u32]> = b.iter().map(|&i| ids[i].as_slice()).collect();
+                self.embed_batch(&seqs)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(crate::batch::restore(texts.len(), &plan, results))
+    }
+
+    /// One right-padded batch through the model, pooled.
+    fn embed_batch(&self, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let longest = ids.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        let (mut flat, mut mask) = (Vec::new(), Vec::new());
+        for seq in ids {
+            flat.extend(
+                seq.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0, longest - seq.len())),
+            );
+            mask.extend(
+                std::iter::repeat_n(1u32, seq.len())
+                    .chain(std::iter::repeat_n(0, longest - seq.len())),
+            );
+        }
+        let n = ids.len();
+        let input = Tensor::from_vec(flat, (n, longest), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, longest), &self.device)?;
+        let types = input.zeros_like()?;
+        let hidden = self.model.forward(&input, &types, Some(&mask))?;
+        let hidden = hidden.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = Vec::with_capacity(n);
+        for (r, seq) in ids.iter().enumerate() {
+            let mut v = vec![0f32; self.dim];
+            for t in 0..seq.len() {
+                let h = &hidden[(r * longest + t) * self.dim..(r * longest + t + 1) * self.dim];
+                for (a, &b) in v.iter_mut().zip(h) {
+                    *a += b;
                 }
-                // sentence-transformers: sum / clamp(count, 1e-9).
-                let count = (seq.len() as f32).max(1e-9);
-                v.iter_mut().for_each(|x| *x /= count);
-                if self.normalize {
-                    // torch.nn.functional.normalize: x / max(||x||, 1e-12).
-                    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                    v.iter_mut().for_each(|x| *x /= norm);
-                }
-                out.push(v);
             }
+            // sentence-transformers: sum / clamp(count, 1e-9).
+            let count = (seq.len() as f32).max(1e-9);
+            v.iter_mut().for_each(|x| *x /= count);
+            if self.normalize {
+                // torch.nn.functional.normalize: x / max(||x||, 1e-12).
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                v.iter_mut().for_each(|x| *x /= norm);
+            }
+            out.push(v);
         }
         Ok(out)
     }
