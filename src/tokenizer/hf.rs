@@ -124,19 +124,19 @@ impl HfTokenizer {
 
     /// Ids of `text` with the checkpoint's special tokens (`<s> … </s>` or `… </s>`).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| tok_err(&self.source, "failed to encode a text", e))?;
-        Ok(enc.get_ids().to_vec())
+        self.encode_with(text, true)
     }
 
     /// Ids of `text` alone, without the special tokens the checkpoint's
     /// template would add (a caller that lays them out itself).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, false)
+    }
+
+    fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
-            .encode(text, false)
+            .encode(text, special)
             .map_err(|e| tok_err(&self.source, "failed to encode a text", e))?;
         Ok(enc.get_ids().to_vec())
     }
