@@ -25,16 +25,7 @@ fn embeddings_match_sentence_transformers() {
             enc.ids(c["text"].as_str().unwrap()).unwrap(),
             u32s(&c["ids"])
         );
-        let want: Vec<f32> = c["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
-        assert_eq!(got.len(), want.len());
-        for (a, b) in got.iter().zip(&want) {
-            worst = worst.max((a - b).abs());
-        }
+        worst = worst.max(crate::harness::max_abs_diff(got, &c["embedding"]));
     }
     eprintln!("bert-a: largest difference from transformers {worst:.2e}");
     assert!(worst <= 1e-5, "embeddings differ by {worst}");

@@ -179,3 +179,13 @@ pub fn assert_setup_error(out: &Output, needles: &[&str]) {
         assert!(err.contains(n), "stderr lacks {n:?}: {err}");
     }
 }
+
+/// The largest |got[i] - want[i]|, `want` being a golden's JSON array of numbers.
+pub fn max_abs_diff(got: &[f32], want: &Value) -> f32 {
+    let want = want.as_array().expect("a JSON array");
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b.as_f64().expect("a number") as f32).abs())
+        .fold(0f32, f32::max)
+}

@@ -290,12 +290,7 @@ fn an_article_without_a_model_fails_alone_with_the_fix() {
         ],
         None,
     );
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::assert_setup_error(&out, &[]);
 }
 
 #[test]
@@ -309,12 +304,7 @@ fn translate_picks_the_model_of_its_input() {
         &["translate", ml.join("en_summit.txt").to_str().unwrap()],
         None,
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::assert_success(&out);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         std::fs::read_to_string(ml.join("en_summit.txt")).unwrap()
@@ -335,12 +325,7 @@ fn translate_picks_the_model_of_its_input() {
         ],
         None,
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::assert_success(&out);
     // Unclear input: a setup error naming the flag to use.
     let out = transum(
         dir.path(),

@@ -88,18 +88,7 @@ fn check_model(name: &str, fr: &str) {
         let mask = Tensor::ones((1, n), DType::U32, &Device::Cpu).unwrap();
         let mut state = t.model.start(&input, &mask).unwrap();
         let got = t.model.step(&mut state, &[2]).unwrap();
-        let want: Vec<f32> = case["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
-        assert_eq!(got.len(), want.len());
-        let diff = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let diff = crate::harness::max_abs_diff(&got, &case["logits"]);
         assert!(diff <= 1e-4, "{name}: first-step logits differ by {diff}");
     }
     for run in g["runs"].as_array().unwrap() {

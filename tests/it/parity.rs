@@ -99,19 +99,7 @@ fn first_step_logits_match_transformers() {
                 .model
                 .step(&mut state, &[t.options.decoder_start_token_id])
                 .unwrap();
-            let got: Vec<f32> = logits;
-            let want: Vec<f32> = case["logits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
-            assert_eq!(got.len(), want.len(), "{name}: vocab size");
-            let max_diff = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let max_diff = crate::harness::max_abs_diff(&logits, &case["logits"]);
             assert!(
                 max_diff <= 1e-4,
                 "{name}: first-step logits differ by {max_diff} (> 1e-4)"
