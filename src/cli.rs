@@ -29,6 +29,10 @@ Examples:
     15 2 * * *  cd /srv/transum && transum run --offline >> run.log 2>&1
   Fetch the models once on a connected machine (then copy models/ over):
     transum download
+  ... and those that German, Spanish and Portuguese articles need:
+    transum download --langs de,es,pt
+  A corpus in several languages, German through a local model, the summary also in German:
+    transum run --model de=./opus-mt-de-en --summary-lang de
   Summarize English files without any model weights, 100 words at most:
     transum summarize outputs/*.en.txt --summarizer extractive --max-words 100
   Quantize the model once to q8_0 (GGUF), then translate with it:
