@@ -286,8 +286,8 @@ struct Article {
     confidence: Option<f64>,
 }
 
-/// Read, decode and clean one article, and decide its language.
-fn read_and_detect(path: &Path, source_lang: Option<&str>) -> Result<Article> {
+/// Read, decode and clean one article: its source sha256 and its text.
+fn read_cleaned(path: &Path) -> Result<(String, ingest::Cleaned)> {
     let bytes = read_article(path)?;
     let text = ingest::decode(path, &bytes)?;
     let cleaned = ingest::clean(&text);
@@ -299,43 +299,42 @@ fn read_and_detect(path: &Path, source_lang: Option<&str>) -> Result<Article> {
             None,
         ));
     }
-    let (language, confidence) = match source_lang {
-        Some(l) => (l.to_string(), None),
-        None => match crate::lang::detect(&cleaned.paragraphs.join("\n\n")) {
-            Some(d) if d.reliable => (d.lang.to_string(), Some(d.confidence)),
-            Some(d) => {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "its language is unclear (best guess {}, confidence {:.2}; {} needed)",
-                        d.lang,
-                        d.confidence,
-                        crate::lang::MIN_CONFIDENCE
-                    ),
-                    format!(
-                        "if you know its language, pass --source-lang (e.g. --source-lang {}); it is not translated on a guess",
-                        d.lang
-                    ),
-                    None,
-                ))
-            }
-            None => {
-                return Err(Error::file(
-                    path,
-                    "holds no language to detect (only digits, URLs or symbols?)",
-                    "remove it from the corpus if it is not an article, or pass --source-lang",
-                    None,
-                ))
-            }
-        },
-    };
-    Ok(Article {
-        path: path.to_path_buf(),
-        source_sha: sha256_bytes(&bytes),
-        cleaned,
-        language,
-        confidence,
-    })
+    Ok((sha256_bytes(&bytes), cleaned))
+}
+
+/// The language of a cleaned article: `source_lang` when given, else
+/// detected, and an error when it is unclear.
+fn detect_language(
+    path: &Path,
+    cleaned: &ingest::Cleaned,
+    source_lang: Option<&str>,
+) -> Result<(String, Option<f64>)> {
+    if let Some(l) = source_lang {
+        return Ok((l.to_string(), None));
+    }
+    match crate::lang::detect(&cleaned.paragraphs.join("\n\n")) {
+        Some(d) if d.reliable => Ok((d.lang.to_string(), Some(d.confidence))),
+        Some(d) => Err(Error::file(
+            path,
+            format!(
+                "its language is unclear (best guess {}, confidence {:.2}; {} needed)",
+                d.lang,
+                d.confidence,
+                crate::lang::MIN_CONFIDENCE
+            ),
+            format!(
+                "if you know its language, pass --source-lang (e.g. --source-lang {}); it is not translated on a guess",
+                d.lang
+            ),
+            None,
+        )),
+        None => Err(Error::file(
+            path,
+            "holds no language to detect (only digits, URLs or symbols?)",
+            "remove it from the corpus if it is not an article, or pass --source-lang",
+            None,
+        )),
+    }
 }
 
 /// A fresh record for the article at `path`.
@@ -492,40 +491,45 @@ pub fn run(
     };
 
     // Every article's route; articles that cannot be read or routed fail now.
-    let mut groups: BTreeMap<(u8, Route), Vec<usize>> = BTreeMap::new();
+    // Each group's articles: (index, language, confidence), the language
+    // decided once here (the text is read again when its model comes, so
+    // that no article's text is held while others are translated).
+    type Member = (usize, String, Option<f64>);
+    let mut groups: BTreeMap<(u8, Route), Vec<Member>> = BTreeMap::new();
     for (i, path) in paths.iter().enumerate() {
         let t0 = Instant::now();
         let mut rec = new_record(path);
-        let routed = read_and_detect(path, opts.source_lang.as_deref()).and_then(|a| {
-            rec.language = Some(a.language.clone());
-            rec.language_confidence = a.confidence;
-            opts.routing.route(&a.language).ok_or_else(|| {
-                Error::file(
-                    path,
-                    format!(
-                        "is in {}{} and no model translates that language into English",
-                        a.language,
-                        a.confidence
-                            .map(|c| format!(" (confidence {c:.2})"))
-                            .unwrap_or_default()
-                    ),
-                    format!(
-                        "pass --model {0}=ORG/NAME (or a local directory), or `transum download --langs {0}` for the built-in choice",
-                        a.language
-                    ),
-                    None,
-                )
-            })
-        });
+        let routed = read_cleaned(path)
+            .and_then(|(_, cleaned)| detect_language(path, &cleaned, opts.source_lang.as_deref()))
+            .and_then(|(language, confidence)| {
+                rec.language = Some(language.clone());
+                rec.language_confidence = confidence;
+                match opts.routing.route(&language) {
+                    Some(route) => Ok((route, (i, language, confidence))),
+                    None => Err(Error::file(
+                        path,
+                        format!(
+                            "is in {language}{} and no model translates that language into English",
+                            confidence
+                                .map(|c| format!(" (confidence {c:.2})"))
+                                .unwrap_or_default()
+                        ),
+                        format!(
+                            "pass --model {language}=ORG/NAME (or a local directory), or `transum download --langs {language}` for the built-in choice"
+                        ),
+                        None,
+                    )),
+                }
+            });
         match routed {
             // Models the user named first, then the table's, then English.
-            Ok(route) => {
+            Ok((route, member)) => {
                 let order = match &route {
                     Route::Model(spec) if opts.routing.named(spec) => 0,
                     Route::Model(_) => 1,
                     Route::PassThrough => 2,
                 };
-                groups.entry((order, route)).or_default().push(i);
+                groups.entry((order, route)).or_default().push(member);
             }
             Err(e) => {
                 rec.status = Status::Failed;
@@ -546,25 +550,19 @@ pub fn run(
                 Err(e) if order == 0 => return Err(e),
                 Err(e) => {
                     tracing::error!("{spec}: {e}");
-                    for &i in &members {
-                        let mut rec = new_record(&paths[i]);
-                        let lang = read_and_detect(&paths[i], opts.source_lang.as_deref())
-                            .map(|a| (a.language, a.confidence));
-                        if let Ok((l, c)) = &lang {
-                            rec.language = Some(l.clone());
-                            rec.language_confidence = *c;
-                        }
+                    for (i, lang, confidence) in &members {
+                        let mut rec = new_record(&paths[*i]);
+                        rec.language = Some(lang.clone());
+                        rec.language_confidence = *confidence;
                         rec.status = Status::Failed;
-                        let lang = rec.language.as_deref().unwrap_or("xx");
-                        let confidence = rec
-                            .language_confidence
+                        let confidence = confidence
                             .map(|c| format!(", confidence {c:.2}"))
                             .unwrap_or_default();
                         rec.error = Some(format!(
                             "{}: is in {lang}{confidence}, and its model {spec} is not available: {e}\n  hint: `transum download --langs {lang}` fetches it, or pass --model {lang}=ORG/NAME (or a local directory)",
-                            paths[i].display(),
+                            paths[*i].display(),
                         ));
-                        state.finish(i, rec, Instant::now())?;
+                        state.finish(*i, rec, Instant::now())?;
                     }
                     position += members.len();
                     continue;
@@ -594,13 +592,20 @@ pub fn run(
                 key
             }
         };
-        for &i in &members {
+        for (i, language, confidence) in members {
             let path = &paths[i];
             progress.article(path, position, paths.len());
             position += 1;
             let t0 = Instant::now();
             let mut rec = new_record(path);
-            let result = read_and_detect(path, opts.source_lang.as_deref()).and_then(|a| {
+            let result = read_cleaned(path).and_then(|(source_sha, cleaned)| {
+                let a = Article {
+                    path: path.clone(),
+                    source_sha,
+                    cleaned,
+                    language,
+                    confidence,
+                };
                 let done = match &loaded {
                     None => state.produce(&a, &settings_key, &mut rec, |_| {
                         Ok(a.cleaned.paragraphs.join("\n\n") + "\n")

@@ -257,9 +257,14 @@ impl Translator {
         if whole.len() <= window {
             return Ok(vec![(text.to_string(), whole)]);
         }
-        // Each candidate piece is encoded once: the encodings made to measure
-        // are the ones returned.
-        let memo = std::cell::RefCell::new(std::collections::HashMap::<String, Vec<u32>>::new());
+        // Each candidate piece is encoded once (the whole text included): the
+        // encodings made to measure are the ones returned.
+        let mut seed = std::collections::HashMap::new();
+        if text.trim() == text {
+            // split_to_fit measures the trimmed text first.
+            seed.insert(text.to_string(), whole);
+        }
+        let memo = std::cell::RefCell::new(seed);
         let count = |s: &str| {
             if let Some(ids) = memo.borrow().get(s) {
                 return ids.len();
