@@ -19,7 +19,10 @@ use transum::generation::GenerationOverrides;
 use transum::hub::{self, HubOptions, ModelSpec};
 use transum::lang::{Route, Routing};
 use transum::outputs::{Manifest, ModelRecord, Status};
-use transum::summary::{Article, Summarizer, DEFAULT_SUMMARY_MODEL};
+use transum::summary::embed::SentenceEncoder;
+use transum::summary::{
+    Article, Embedder, Summarizer, Writer, DEFAULT_EMBED_MODEL, DEFAULT_SUMMARY_MODEL,
+};
 use transum::{Translator, DEFAULT_MODEL};
 
 const EXAMPLES: &str = "\
@@ -180,6 +183,13 @@ pub struct SummaryArgs {
     /// The English-to-LANG model for --summary-lang (a hub id or a local directory).
     #[arg(long, value_name = "MODEL", requires = "summary_lang")]
     pub summary_lang_model: Option<String>,
+
+    /// Sentence encoder that decides which sentences state the same fact, so that a fact
+    /// restated in other words is told once: a sentence-transformers checkpoint (hub id or
+    /// local directory; fetched and cached like the other models). `none`: word overlap
+    /// only, for machines without the model.
+    #[arg(long, env = "TRANSUM_EMBED_MODEL", default_value = DEFAULT_EMBED_MODEL, value_name = "MODEL|none")]
+    pub embed_model: String,
 }
 
 impl SummaryArgs {
@@ -252,7 +262,8 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
     /// Models to fetch (hub ids `org/name[@revision]`). Default, when no --langs is
-    /// given either: the French translation model and the summary model.
+    /// given either: the French translation model, the summary model and the sentence
+    /// encoder (--embed-model).
     pub models: Vec<String>,
 
     /// Fetch the translation models these languages need (ISO codes, comma-separated):
@@ -475,9 +486,9 @@ fn load_summarizer(args: &SummaryArgs, hub: &HubOptions) -> Result<Option<Summar
     if args.max_words == 0 {
         anyhow::bail!("--max-words must be at least 1\n  hint: the default is 150");
     }
-    Ok(match args.summarizer {
-        SummarizerKind::None => None,
-        SummarizerKind::Extractive => Some(Summarizer::Extractive),
+    let writer = match args.summarizer {
+        SummarizerKind::None => return Ok(None),
+        SummarizerKind::Extractive => Writer::Extractive,
         SummarizerKind::Abstractive => {
             let files = hub::resolve(&ModelSpec::parse(&args.summary_model)?, hub)?;
             let record = files.record()?;
@@ -490,13 +501,26 @@ fn load_summarizer(args: &SummaryArgs, hub: &HubOptions) -> Result<Option<Summar
                     args.summary_model
                 );
             }
-            Some(Summarizer::Abstractive {
+            Writer::Abstractive {
                 model: Box::new(model),
                 id: args.summary_model.clone(),
                 record,
-            })
+            }
         }
-    })
+    };
+    let embedder = if args.embed_model == "none" {
+        None
+    } else {
+        let files = hub::resolve(&ModelSpec::parse(&args.embed_model)?, hub)?;
+        let record = files.record()?;
+        let encoder = SentenceEncoder::load(&files.dir)?;
+        Some(Embedder {
+            encoder,
+            id: args.embed_model.clone(),
+            record,
+        })
+    };
+    Ok(Some(Summarizer { writer, embedder }))
 }
 
 fn summarize(args: SummarizeArgs) -> Result<ExitCode> {
@@ -707,7 +731,11 @@ fn download(args: DownloadArgs) -> Result<ExitCode> {
         }
     }
     if args.models.is_empty() && args.langs.is_empty() {
-        wanted = vec![DEFAULT_MODEL.to_string(), DEFAULT_SUMMARY_MODEL.to_string()];
+        wanted = vec![
+            DEFAULT_MODEL.to_string(),
+            DEFAULT_SUMMARY_MODEL.to_string(),
+            DEFAULT_EMBED_MODEL.to_string(),
+        ];
     }
     let mut seen = std::collections::HashSet::new();
     wanted.retain(|m| seen.insert(m.clone()));

@@ -18,6 +18,14 @@ pub const OPTIONAL_FILES: [&str; 3] = [
     "tokenizer_config.json",
     "target_vocab.json",
 ];
+/// Files a sentence-transformers checkpoint (`model_type` bert, e.g.
+/// all-MiniLM-L6-v2) needs besides config.json: its tokenizer, and the
+/// modules that say how it pools and normalizes (see summary/embed.rs).
+const ENCODER_FILES: [&str; 3] = ["tokenizer.json", "modules.json", "1_Pooling/config.json"];
+/// Used when present: the encoder's maximum length.
+const ENCODER_OPTIONAL_FILES: [&str; 1] = ["sentence_bert_config.json"];
+/// A sentence encoder's weights: safetensors only.
+const ENCODER_WEIGHT_FILES: [&str; 1] = ["model.safetensors"];
 /// Every tokenizer file any family uses (for the manifest's hashes).
 const TOKENIZER_FILES: [&str; 7] = [
     "sentencepiece.bpe.model",
@@ -44,17 +52,39 @@ pub fn tokenizer_file_sets(model_type: &str) -> &'static [&'static [&'static str
     }
 }
 
-/// `model_type` of a config.json, checked to be one transum runs (an
-/// unsupported one is named as such, not as a tokenizer file it lacks).
-fn model_type(config: &Path) -> Result<String> {
+/// The files a checkpoint needs, decided by its config.json's `model_type`.
+struct FilePlan {
+    /// Alternative sets of required files besides config.json, in order of preference.
+    sets: &'static [&'static [&'static str]],
+    /// Used when present.
+    optional: &'static [&'static str],
+    /// Weight files, in order of preference.
+    weights: &'static [&'static str],
+}
+
+/// What a config.json's `model_type` needs, checked to be one transum runs
+/// (an unsupported one is named as such, not as a tokenizer file it lacks):
+/// a seq2seq family of models/bart.rs, or a BERT sentence encoder.
+fn file_plan(config: &Path) -> Result<FilePlan> {
     let v = crate::tokenizer::read_json(config)?;
     let t = v
         .get("model_type")
         .and_then(|t| t.as_str())
         .unwrap_or_default()
         .to_string();
+    if t == "bert" {
+        return Ok(FilePlan {
+            sets: &[&ENCODER_FILES],
+            optional: &ENCODER_OPTIONAL_FILES,
+            weights: &ENCODER_WEIGHT_FILES,
+        });
+    }
     crate::models::bart::Arch::for_model_type(&t).map_err(|e| e.in_file(config))?;
-    Ok(t)
+    Ok(FilePlan {
+        sets: tokenizer_file_sets(&t),
+        optional: &OPTIONAL_FILES,
+        weights: &WEIGHT_FILES,
+    })
 }
 
 fn describe_sets(sets: &[&[&str]]) -> String {
@@ -75,7 +105,7 @@ fn check_tokenizer_files(dir: &Path, hint: &str) -> Result<()> {
             None,
         ));
     }
-    let sets = tokenizer_file_sets(&model_type(&config)?);
+    let sets = file_plan(&config)?.sets;
     if sets
         .iter()
         .any(|set| set.iter().all(|f| dir.join(f).is_file()))
@@ -206,7 +236,8 @@ fn resolve_cached(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFi
         .get("config.json")
         .ok_or_else(|| missing("config.json"))?;
     let dir = config.parent().map(Path::to_path_buf);
-    let sets = tokenizer_file_sets(&model_type(&config)?);
+    let plan = file_plan(&config)?;
+    let sets = plan.sets;
     if !sets
         .iter()
         .any(|set| set.iter().all(|f| cache.get(f).is_some()))
@@ -218,10 +249,11 @@ fn resolve_cached(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFi
             .unwrap_or("tokenizer files");
         return Err(missing(first_missing));
     }
-    let weights = WEIGHT_FILES.iter().find_map(|f| cache.get(f)).ok_or_else(|| Error::Hub {
+    let weights = plan.weights.iter().find_map(|f| cache.get(f)).ok_or_else(|| Error::Hub {
         what: format!(
-            "{}: no weight file (model.safetensors or pytorch_model.bin) of {id}@{revision} in the cache and --offline is set",
-            opts.cache_dir.display()
+            "{}: no weight file ({}) of {id}@{revision} in the cache and --offline is set",
+            opts.cache_dir.display(),
+            plan.weights.join(" or ")
         ),
         hint: fetch_hint(id, revision),
         source: None,
@@ -271,7 +303,8 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions, force: bool) -> Res
     let config = fetch("config.json")?;
     let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
     // The tokenizer files depend on the family: try each set in order.
-    let sets = tokenizer_file_sets(&model_type(&config)?);
+    let plan = file_plan(&config)?;
+    let sets = plan.sets;
     let mut fetched = false;
     let mut last = None;
     for set in sets {
@@ -286,7 +319,7 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions, force: bool) -> Res
     if !fetched {
         return Err(last.expect("every family has a tokenizer file set"));
     }
-    for f in OPTIONAL_FILES {
+    for &f in plan.optional {
         if let Err(e) = get(f) {
             tracing::debug!("optional file {f} of {id}@{revision} not fetched: {e}");
         }
@@ -294,7 +327,7 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions, force: bool) -> Res
     // Prefer safetensors; the real opus-mt checkpoints only have pytorch_model.bin on main.
     let mut weights = None;
     let mut last_err = None;
-    for f in WEIGHT_FILES {
+    for &f in plan.weights {
         match get(f) {
             Ok(p) => {
                 weights = Some(p);
@@ -304,7 +337,7 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions, force: bool) -> Res
         }
     }
     let weights = weights.ok_or_else(|| Error::Hub {
-        what: format!("{id}@{revision} has neither model.safetensors nor pytorch_model.bin"),
+        what: format!("{id}@{revision} has no weight file ({})", plan.weights.join(" or ")),
         hint: "pick a revision that carries weights (e.g. refs/pr/N for converted safetensors)"
             .into(),
         source: last_err.map(|e| Box::new(e) as _),
@@ -337,6 +370,8 @@ impl ModelFiles {
         let mut names: Vec<&str> = vec!["config.json"];
         names.extend(TOKENIZER_FILES);
         names.extend(OPTIONAL_FILES);
+        names.extend(&ENCODER_FILES[1..]);
+        names.extend(ENCODER_OPTIONAL_FILES);
         let weights = self
             .weights
             .file_name()

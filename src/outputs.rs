@@ -97,6 +97,12 @@ pub struct SummaryRecord {
     pub same_fact_threshold: f32,
     pub related_threshold: f32,
     pub supports_threshold: f32,
+    /// The sentence encoder of "same fact" (`--embed-model`), if any.
+    #[serde(default)]
+    pub embed_model: Option<ModelRecord>,
+    /// Its cosine threshold.
+    #[serde(default)]
+    pub semantic_threshold: Option<f32>,
     pub articles: usize,
     pub sentences: usize,
     pub status: Status,

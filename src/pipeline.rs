@@ -734,6 +734,8 @@ fn summary_stage(
             "generation": template.generation,
             "max_words": opts.max_words,
             "thresholds": [template.same_fact_threshold, template.related_threshold, template.supports_threshold],
+            "embed_model": template.embed_model,
+            "semantic_threshold": template.semantic_threshold,
             "inputs": inputs,
             "summary_lang": opts.summary_lang,
     }));

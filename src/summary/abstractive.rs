@@ -1,20 +1,24 @@
 //! The abstractive summarizer: a BART or Pegasus checkpoint
 //! (sshleifer/distilbart-cnn-12-6 by default) writes the summary from the
-//! deduplicated, ranked sentences of all articles.
+//! corpus' facts.
 //!
-//! Input: one representative per eligible fact group (see `group_facts`), in
-//! rank order, as many as fit the model's position window once encoded; then
-//! put back in story order so the model reads a coherent text. What does not
-//! fit is logged and listed in `left_out`: nothing is truncated silently.
-//! Decoding: beam search with the checkpoint's own generation settings
-//! (min/max length, no_repeat_ngram_size, length penalty, early stopping) via
-//! the shared generation code. Output checks: every generated sentence must
-//! match source sentences back ([`SUPPORTS`]), which gives its provenance; an
-//! unsupported sentence (a model invention) or one repeating an earlier
-//! sentence ([`SAME_FACT`]) is dropped and listed.
+//! Input: the sentences [`select`] chooses by facts covered (each fact once,
+//! most fact weight per word first), as many as fit the model's position
+//! window once encoded, in story order so the model reads a coherent text.
+//! What does not fit is logged and listed in `left_out`: nothing is
+//! truncated silently. Decoding: beam search with the checkpoint's own
+//! generation settings via the shared generation code. Output checks, with
+//! the same "same fact" rule as the extractive path (semantic with an
+//! encoder): every generated sentence must be supported by source clauses
+//! ([`Corpus::supports`], lexical threshold [`SUPPORTS`]), which gives its
+//! provenance; an unsupported sentence (a model invention) or one stating
+//! the same fact as an earlier one is dropped and listed.
 
-use super::similarity::{Vector, RELATED, SAME_FACT, SUPPORTS};
-use super::{cite, group_facts, match_back, word_count, Article, Corpus, LeftOut, Summary};
+use super::embed::SentenceEncoder;
+use super::facts::{Corpus, Facts, Query};
+use super::select::select;
+use super::similarity::{RELATED, SAME_FACT, SEMANTIC_SAME_FACT, SUPPORTS};
+use super::{cite, word_count, Article, LeftOut, Summary};
 use crate::error::Result;
 use crate::Translator;
 
@@ -32,62 +36,33 @@ pub fn select_input(
     window: usize,
     encode: &dyn Fn(&str) -> Result<usize>,
 ) -> Result<ModelInput> {
-    let groups = group_facts(corpus);
-    let mut chosen: Vec<(f32, usize)> = Vec::new(); // (story position, sentence)
-    let mut left_out = Vec::new();
-    let mut text = String::new();
+    let facts = Facts::new(corpus)?;
     let mut tokens = 0;
-    for g in &groups {
-        let s = g.representative;
-        let sentence = &corpus.sentences[s].text;
-        if !g.eligible {
-            left_out.push(g.left_out_as_unrelated(corpus));
-            continue;
-        }
-        if chosen
-            .iter()
-            .any(|&(_, c)| corpus.index.sim(s, c) >= SAME_FACT)
-        {
-            left_out.push(LeftOut {
-                text: sentence.clone(),
-                reason: "repeats a sentence already in the model input".into(),
-            });
-            continue;
-        }
-        let mut trial = chosen.clone();
-        trial.push((g.position, s));
-        trial.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let trial_text = join(corpus, &trial);
-        let n = encode(&trial_text)?;
+    let selection = select(corpus, &facts, &mut |chosen| {
+        let n = encode(&join(corpus, chosen))?;
         if n > window {
-            tracing::info!(
-                "summary input: left out (does not fit the {window}-token window): {sentence:?}"
-            );
-            left_out.push(LeftOut {
-                text: sentence.clone(),
-                reason: format!(
-                    "does not fit the model's {window}-token window (reported by {} article(s))",
-                    g.articles.len()
-                ),
-            });
-            continue;
+            return Ok(Some(format!(
+                "does not fit the model's {window}-token window ({n} tokens with it)"
+            )));
         }
-        chosen = trial;
-        text = trial_text;
         tokens = n;
+        Ok(None)
+    })?;
+    for l in &selection.left_out {
+        tracing::info!("summary input: left out: {:?}: {}", l.text, l.reason);
     }
     Ok(ModelInput {
-        text,
+        text: join(corpus, &selection.sentences),
         tokens,
-        sentences: chosen.into_iter().map(|(_, s)| s).collect(),
-        left_out,
+        sentences: selection.sentences,
+        left_out: selection.left_out,
     })
 }
 
-fn join(corpus: &Corpus, chosen: &[(f32, usize)]) -> String {
+fn join(corpus: &Corpus, chosen: &[usize]) -> String {
     chosen
         .iter()
-        .map(|&(_, s)| corpus.sentences[s].text.as_str())
+        .map(|&s| corpus.sentences[s].text.as_str())
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -98,8 +73,9 @@ pub fn summarize(
     model_id: &str,
     articles: &[Article],
     max_words: usize,
+    encoder: Option<&SentenceEncoder>,
 ) -> Result<Summary> {
-    let corpus = Corpus::new(articles);
+    let corpus = Corpus::new(articles, encoder)?;
     let window = model.model.config().max_position_embeddings;
     let input = select_input(&corpus, window, &|t| Ok(model.encode_unit(t)?.len()))?;
     let mut left_out = input.left_out;
@@ -114,23 +90,24 @@ pub fn summarize(
         model.translate(&[input.text.as_str()])?.remove(0).text
     };
     let mut sentences = Vec::new();
-    let mut kept: Vec<Vector> = Vec::new();
+    let mut kept: Vec<Query> = Vec::new();
     let mut words = 0;
     for s in crate::text::split_sentences(&raw) {
-        let v = corpus.index.vector(s);
-        if kept.iter().any(|k| k.sim(&v) >= SAME_FACT) {
+        let v = corpus.query(s)?;
+        if kept.iter().any(|k| k.same_fact(&v)) {
             left_out.push(LeftOut {
                 text: s.to_string(),
                 reason: "model output repeats an earlier summary sentence".into(),
             });
             continue;
         }
-        let support = match_back(&corpus, s, SUPPORTS);
+        let support = match_back(&corpus, &v);
         if support.is_empty() {
             left_out.push(LeftOut {
                 text: s.to_string(),
                 reason: format!(
-                    "model output matches no source sentence (similarity < {SUPPORTS}): unsupported"
+                    "model output states no fact of a source sentence (lexical similarity < {SUPPORTS}{}): unsupported",
+                    if corpus.semantic() { format!(", cosine < {SEMANTIC_SAME_FACT}") } else { String::new() }
                 ),
             });
             continue;
@@ -153,6 +130,8 @@ pub fn summarize(
         max_words,
         same_fact_threshold: SAME_FACT,
         related_threshold: RELATED,
+        embed_model: None,
+        semantic_threshold: corpus.semantic().then_some(SEMANTIC_SAME_FACT),
         articles: corpus.names.clone(),
         sentences,
         raw_output: Some(raw),
@@ -160,4 +139,12 @@ pub fn summarize(
         language: None,
         translated_by: None,
     })
+}
+
+/// Source sentences supporting an outside text, each with its best
+/// clause's similarity, best first.
+pub fn match_back(corpus: &Corpus, q: &Query) -> Vec<(usize, f32)> {
+    corpus.by_sentence(
+        (0..corpus.units.len()).filter_map(|u| corpus.supports(q, u, SUPPORTS).map(|sim| (u, sim))),
+    )
 }

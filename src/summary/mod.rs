@@ -1,25 +1,29 @@
 //! One merged English summary of many articles, each fact once, every
 //! sentence with the articles it came from.
 //!
-//! Data path: English articles -> paragraphs -> sentences (`text::split_sentences`)
-//! -> [`Corpus`] with a TF-IDF [`similarity::SimilarityIndex`] -> [`group_facts`]
-//! (sentences stating the same fact across articles become one group, ranked by
-//! how many articles report it, then by how early) -> a summarizer:
-//! [`extractive`] picks one sentence per top group; [`abstractive`] feeds the
-//! deduplicated, ranked sentences to a BART/Pegasus model. Either way the
-//! result is a [`Summary`] whose sentences carry their sources, found by
-//! matching them back to source sentences; it renders as `summary.md` and
-//! `summary.json`.
+//! Data path: English articles -> paragraphs -> sentences
+//! (`text::split_sentences`) -> clauses -> [`Corpus`], each clause with a
+//! lexical vector and, with a sentence encoder ([`embed`], all-MiniLM-L6-v2
+//! by default), an embedding -> [`Facts`]: clauses stating the same fact
+//! ([`similarity::same_fact`]) grouped by average linkage, each fact weighted
+//! by the articles reporting it -> [`select`]: sentences chosen to cover the
+//! most fact weight per word, never a fact twice -> a summarizer:
+//! [`extractive`] prints the chosen sentences in story order; [`abstractive`]
+//! feeds them to a BART/Pegasus model and checks its output with the same
+//! rule. Either way the result is a [`Summary`] whose sentences carry their
+//! sources; it renders as `summary.md` and `summary.json`.
 //!
 //! Noise and off-topic text: a fact only one article states, sharing nothing
-//! ([`similarity::RELATED`]) with the other articles, ranks last and is not
-//! eligible for the summary at all when there are other articles to compare
-//! with. That is the guard for scraped noise that ingestion missed and for an
-//! article about something else.
+//! ([`similarity::RELATED`]) with the other articles, weighs nothing and is
+//! never selected when there are other articles to compare with. That is the
+//! guard for scraped noise that ingestion missed and for an article about
+//! something else.
 
 pub mod abstractive;
 pub mod embed;
 pub mod extractive;
+pub mod facts;
+pub mod select;
 pub mod similarity;
 
 use std::path::Path;
@@ -29,13 +33,24 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::outputs::{ModelRecord, Status, SummaryRecord};
 use crate::Translator;
-use similarity::{SimilarityIndex, RELATED, SAME_FACT};
+pub use facts::{Corpus, Facts, Group, Sentence};
+use similarity::{RELATED, SAME_FACT, SEMANTIC_SAME_FACT};
 
 /// The default abstractive summarization model.
 pub const DEFAULT_SUMMARY_MODEL: &str = "sshleifer/distilbart-cnn-12-6";
 
-/// A summarizer, ready to run: extractive, or abstractive with its model loaded.
-pub enum Summarizer {
+/// The default sentence encoder behind "same fact" (`--embed-model`).
+pub const DEFAULT_EMBED_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// A summarizer, ready to run: how it writes, and what similarity it uses.
+pub struct Summarizer {
+    pub writer: Writer,
+    /// The sentence encoder; `None` keeps "same fact" lexical.
+    pub embedder: Option<Embedder>,
+}
+
+/// How the summary is written.
+pub enum Writer {
     Extractive,
     Abstractive {
         model: Box<Translator>,
@@ -45,15 +60,26 @@ pub enum Summarizer {
     },
 }
 
+/// A loaded sentence encoder and what it is.
+pub struct Embedder {
+    pub encoder: embed::SentenceEncoder,
+    /// What `--embed-model` said.
+    pub id: String,
+    pub record: ModelRecord,
+}
+
 impl Summarizer {
     /// Summarize `articles` in at most `max_words` words.
     pub fn summarize(&self, articles: &[Article], max_words: usize) -> Result<Summary> {
-        match self {
-            Summarizer::Extractive => Ok(extractive::summarize(articles, max_words)),
-            Summarizer::Abstractive { model, id, .. } => {
-                abstractive::summarize(model, id, articles, max_words)
+        let encoder = self.embedder.as_ref().map(|e| &e.encoder);
+        let mut summary = match &self.writer {
+            Writer::Extractive => extractive::summarize(articles, max_words, encoder)?,
+            Writer::Abstractive { model, id, .. } => {
+                abstractive::summarize(model, id, articles, max_words, encoder)?
             }
-        }
+        };
+        summary.embed_model = self.embedder.as_ref().map(|e| e.id.clone());
+        Ok(summary)
     }
 
     /// The manifest entry for a summary (or a failure) made by this summarizer.
@@ -64,9 +90,9 @@ impl Summarizer {
         articles: usize,
         seconds: f64,
     ) -> SummaryRecord {
-        let (name, model, precision, generation) = match self {
-            Summarizer::Extractive => ("extractive", None, None, None),
-            Summarizer::Abstractive { model, record, .. } => (
+        let (name, model, precision, generation) = match &self.writer {
+            Writer::Extractive => ("extractive", None, None, None),
+            Writer::Abstractive { model, record, .. } => (
                 "abstractive",
                 Some(record.clone()),
                 Some(model.precision()),
@@ -82,6 +108,8 @@ impl Summarizer {
             same_fact_threshold: SAME_FACT,
             related_threshold: RELATED,
             supports_threshold: similarity::SUPPORTS,
+            embed_model: self.embedder.as_ref().map(|e| e.record.clone()),
+            semantic_threshold: self.embedder.as_ref().map(|_| SEMANTIC_SAME_FACT),
             articles,
             sentences: result.as_ref().map_or(0, |s| s.sentences.len()),
             status: if result.is_ok() {
@@ -107,76 +135,6 @@ pub struct Article {
     pub text: String,
 }
 
-/// A sentence of the corpus.
-#[derive(Debug, Clone)]
-pub struct Sentence {
-    /// Index of its article.
-    pub article: usize,
-    /// Index of the sentence within its article.
-    pub position: usize,
-    pub text: String,
-}
-
-/// The sentences of all articles, indexed for similarity.
-pub struct Corpus {
-    pub names: Vec<String>,
-    pub sentences: Vec<Sentence>,
-    /// Sentences per article.
-    counts: Vec<usize>,
-    pub index: SimilarityIndex,
-}
-
-impl Corpus {
-    /// Split every article into sentences and index them.
-    pub fn new(articles: &[Article]) -> Self {
-        let mut sentences = Vec::new();
-        let mut counts = Vec::with_capacity(articles.len());
-        for (a, art) in articles.iter().enumerate() {
-            let mut n = 0;
-            for para in art.text.split("\n\n") {
-                let para = para.split_whitespace().collect::<Vec<_>>().join(" ");
-                for s in crate::text::split_sentences(&para) {
-                    sentences.push(Sentence {
-                        article: a,
-                        position: n,
-                        text: s.to_string(),
-                    });
-                    n += 1;
-                }
-            }
-            counts.push(n);
-        }
-        let index = SimilarityIndex::new(
-            &sentences
-                .iter()
-                .map(|s| s.text.as_str())
-                .collect::<Vec<_>>(),
-        );
-        Corpus {
-            names: articles.iter().map(|a| a.name.clone()).collect(),
-            sentences,
-            counts,
-            index,
-        }
-    }
-
-    /// Where a sentence sits in its article: 0.0 first, 1.0 last.
-    pub fn relative_position(&self, s: usize) -> f32 {
-        let sent = &self.sentences[s];
-        let n = self.counts[sent.article];
-        if n <= 1 {
-            0.0
-        } else {
-            sent.position as f32 / (n - 1) as f32
-        }
-    }
-
-    /// Number of articles.
-    pub fn articles(&self) -> usize {
-        self.names.len()
-    }
-}
-
 /// Whether `text` reads as a sentence rather than a heading or a fragment:
 /// three words or more ending with sentence-final punctuation (a closing quote
 /// or bracket may follow), or a long line of twelve words or more.
@@ -186,171 +144,6 @@ pub fn is_sentence(text: &str) -> bool {
         .trim_end_matches(['»', '"', '”', '’', ')', ' ', '\u{a0}', '\u{202f}']);
     let words = word_count(text);
     (words >= 3 && end.ends_with(['.', '!', '?', '…'])) || words >= 12
-}
-
-/// Highest similarity of sentence `s` to any sentence of another article,
-/// given its similarity row.
-fn relevance_in(corpus: &Corpus, s: usize, row: &[(usize, f32)]) -> f32 {
-    let a = corpus.sentences[s].article;
-    row.iter()
-        .filter(|&&(o, _)| corpus.sentences[o].article != a)
-        .map(|&(_, sim)| sim)
-        .fold(0.0, f32::max)
-}
-
-/// Sentences stating one fact, across articles.
-#[derive(Debug, Clone, Serialize)]
-pub struct Group {
-    /// Sentence indices, in the order they joined.
-    pub members: Vec<usize>,
-    /// Articles reporting the fact, ascending.
-    pub articles: Vec<usize>,
-    /// The member most similar to the others.
-    pub representative: usize,
-    /// Highest similarity of a member to another article's sentences.
-    pub relevance: f32,
-    /// Mean relative position of the members (story order).
-    pub position: f32,
-    /// Whether it may appear in a summary: see the module doc on noise; a group
-    /// of headings only is not eligible either.
-    pub eligible: bool,
-}
-
-/// Group the corpus' sentences by fact and rank the groups: most articles
-/// first; among facts only one article states, the most related to the rest
-/// of the corpus first; then the earliest in the stories.
-///
-/// Sentences are taken in story order (relative position, then article) and
-/// each joins the group holding its most similar sentence when that
-/// similarity reaches [`SAME_FACT`], else starts a new group. Joining the best
-/// group, rather than merging every linked pair, keeps a sentence that
-/// combines two facts from fusing their groups into one.
-pub fn group_facts(corpus: &Corpus) -> Vec<Group> {
-    let n = corpus.sentences.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| {
-        corpus
-            .relative_position(a)
-            .total_cmp(&corpus.relative_position(b))
-            .then(
-                corpus.sentences[a]
-                    .article
-                    .cmp(&corpus.sentences[b].article),
-            )
-            .then(a.cmp(&b))
-    });
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut group_of: Vec<Option<usize>> = vec![None; n];
-    let mut relevance = vec![0f32; n];
-    for &s in &order {
-        // Similarity to a group = to its most similar member; only sentences
-        // sharing features with `s` can reach the threshold.
-        let row = corpus.index.row(s);
-        relevance[s] = relevance_in(corpus, s, &row);
-        let mut best: Option<(usize, f32)> = None;
-        for &(m, sim) in &row {
-            if let Some(g) = group_of[m] {
-                let better = match best {
-                    None => true,
-                    Some((bg, b)) => sim > b || (sim == b && g < bg),
-                };
-                if sim >= SAME_FACT && better {
-                    best = Some((g, sim));
-                }
-            }
-        }
-        let g = match best {
-            Some((g, _)) => g,
-            None => {
-                groups.push(Vec::new());
-                groups.len() - 1
-            }
-        };
-        groups[g].push(s);
-        group_of[s] = Some(g);
-    }
-    let single_article = corpus.articles() <= 1;
-    let any_sentence = corpus.sentences.iter().any(|s| is_sentence(&s.text));
-    let mut out: Vec<Group> = groups
-        .into_iter()
-        .map(|members| {
-            let mut articles: Vec<usize> = members
-                .iter()
-                .map(|&m| corpus.sentences[m].article)
-                .collect();
-            articles.sort_unstable();
-            articles.dedup();
-            let representative = *members
-                .iter()
-                .max_by(|&&a, &&b| {
-                    let score = |x: usize| -> f32 {
-                        members
-                            .iter()
-                            .filter(|&&o| o != x)
-                            .map(|&o| corpus.index.sim(x, o))
-                            .sum()
-                    };
-                    // Whole sentences before headings; then the most central;
-                    // ties go to the earlier sentence (max_by keeps the last max).
-                    let whole = |x: usize| is_sentence(&corpus.sentences[x].text);
-                    whole(a)
-                        .cmp(&whole(b))
-                        .then(score(a).total_cmp(&score(b)))
-                        .then(b.cmp(&a))
-                })
-                .expect("a group has a member");
-            let relevance = members.iter().map(|&m| relevance[m]).fold(0.0, f32::max);
-            let position = members
-                .iter()
-                .map(|&m| corpus.relative_position(m))
-                .sum::<f32>()
-                / members.len() as f32;
-            // A group of headings only (no sentence states the fact) has no
-            // sentence to offer a summary, unless the corpus has no sentences
-            // at all (articles written as bare lines).
-            let whole = !any_sentence || is_sentence(&corpus.sentences[representative].text);
-            let eligible = whole && (single_article || articles.len() >= 2 || relevance >= RELATED);
-            Group {
-                members,
-                articles,
-                representative,
-                relevance,
-                position,
-                eligible,
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| {
-        b.articles
-            .len()
-            .cmp(&a.articles.len())
-            .then_with(|| {
-                if a.articles.len() == 1 {
-                    b.relevance.total_cmp(&a.relevance)
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            })
-            .then(a.position.total_cmp(&b.position))
-            .then(a.members[0].cmp(&b.members[0]))
-    });
-    out
-}
-
-impl Group {
-    /// The `left_out` entry of an ineligible group (noise, off-topic, headings).
-    pub fn left_out_as_unrelated(&self, corpus: &Corpus) -> LeftOut {
-        let text = corpus.sentences[self.representative].text.clone();
-        let reason = if !is_sentence(&text) {
-            "a heading or fragment, not a sentence".to_string()
-        } else {
-            format!(
-                "only {} states it and it shares nothing with the other articles (similarity {:.2} < {RELATED})",
-                corpus.names[self.articles[0]], self.relevance
-            )
-        };
-        LeftOut { text, reason }
-    }
 }
 
 /// A source sentence supporting a summary sentence.
@@ -388,6 +181,12 @@ pub struct Summary {
     pub max_words: usize,
     pub same_fact_threshold: f32,
     pub related_threshold: f32,
+    /// The sentence encoder behind "same fact", and its cosine threshold
+    /// (absent: lexical similarity only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embed_model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub semantic_threshold: Option<f32>,
     pub articles: Vec<String>,
     pub sentences: Vec<SummarySentence>,
     /// Model output before the redundancy and provenance checks (abstractive).
@@ -399,17 +198,6 @@ pub struct Summary {
     pub language: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub translated_by: Option<String>,
-}
-
-/// Source sentences whose similarity to `text` reaches `threshold`, best first.
-pub fn match_back(corpus: &Corpus, text: &str, threshold: f32) -> Vec<(usize, f32)> {
-    let v = corpus.index.vector(text);
-    let mut m: Vec<(usize, f32)> = (0..corpus.sentences.len())
-        .map(|s| (s, corpus.index.sim_to(&v, s)))
-        .filter(|&(_, sim)| sim >= threshold)
-        .collect();
-    m.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    m
 }
 
 /// A summary sentence built from supporting sentences (indices with similarity).

@@ -47,7 +47,7 @@ proptest! {
             Article { name: "a.txt".into(), text: String::from_utf8_lossy(&a).into_owned() },
             Article { name: "b.txt".into(), text: String::from_utf8_lossy(&b).into_owned() },
         ];
-        let s = extractive::summarize(&articles, 50);
+        let s = extractive::summarize(&articles, 50, None).unwrap();
         prop_assert!(s.sentences.iter().all(|x| !x.sources.is_empty()));
     }
 }

@@ -158,19 +158,23 @@ fn same_fact_threshold_separates_restatements_from_other_facts() {
     }
 }
 
-/// Pairwise similarity of the summary's sentences, measured over the corpus.
+/// The lexical extractive summary (no sentence encoder).
+fn extract(articles: &[Article], max_words: usize) -> Summary {
+    extractive::summarize(articles, max_words, None).unwrap()
+}
+
+/// No two summary sentences state the same fact, by the corpus' rule.
 fn assert_no_repeats(summary: &Summary, corpus: &Corpus) {
     let v: Vec<_> = summary
         .sentences
         .iter()
-        .map(|s| corpus.index.vector(&s.text))
+        .map(|s| corpus.query(&s.text).unwrap())
         .collect();
     for i in 0..v.len() {
         for j in i + 1..v.len() {
-            let sim = v[i].sim(&v[j]);
             assert!(
-                sim < SAME_FACT,
-                "two summary sentences state the same fact ({sim:.2}):\n  {}\n  {}",
+                !v[i].same_fact(&v[j]),
+                "two summary sentences state the same fact:\n  {}\n  {}",
                 summary.sentences[i].text,
                 summary.sentences[j].text
             );
@@ -181,8 +185,8 @@ fn assert_no_repeats(summary: &Summary, corpus: &Corpus) {
 #[test]
 fn extractive_summary_states_each_fact_once_with_its_sources() {
     let arts = articles();
-    let corpus = Corpus::new(&arts);
-    let summary = extractive::summarize(&arts, 120);
+    let corpus = Corpus::new(&arts, None).unwrap();
+    let summary = extract(&arts, 120);
     let words: usize = summary
         .sentences
         .iter()
@@ -228,8 +232,8 @@ fn extractive_summary_states_each_fact_once_with_its_sources() {
 #[test]
 fn noise_and_off_topic_articles_contribute_nothing() {
     for summary in [
-        extractive::summarize(&articles(), 10_000),
-        extractive::summarize(&articles(), 120),
+        extract(&articles(), 10_000),
+        extract(&articles(), 120),
     ] {
         for s in &summary.sentences {
             for bad in [
@@ -251,7 +255,7 @@ fn noise_and_off_topic_articles_contribute_nothing() {
         }
     }
     // Even with no budget limit, only story facts are chosen.
-    let all = extractive::summarize(&articles(), 10_000);
+    let all = extract(&articles(), 10_000);
     assert!(all.sentences.iter().all(|s| fact_of(&s.text).is_some()));
     assert!(all
         .left_out
@@ -261,28 +265,31 @@ fn noise_and_off_topic_articles_contribute_nothing() {
 
 #[test]
 fn a_tight_budget_keeps_the_most_reported_facts() {
-    let summary = extractive::summarize(&articles(), 20);
+    // 20 words hold one sentence: a fact that at least three articles report.
+    let summary = extract(&articles(), 20);
     assert_eq!(summary.sentences.len(), 1, "{:?}", summary.sentences);
-    assert_eq!(fact_of(&summary.sentences[0].text), Some("announcement"));
+    assert!(summary.sentences[0].sources.len() >= 3, "{:?}", summary.sentences);
+    assert!(fact_of(&summary.sentences[0].text).is_some());
 }
 
 #[test]
 fn summaries_are_deterministic() {
-    let a = serde_json::to_string(&extractive::summarize(&articles(), 120)).unwrap();
-    let b = serde_json::to_string(&extractive::summarize(&articles(), 120)).unwrap();
+    let a = serde_json::to_string(&extract(&articles(), 120)).unwrap();
+    let b = serde_json::to_string(&extract(&articles(), 120)).unwrap();
     assert_eq!(a, b);
 }
 
 #[test]
 fn abstractive_input_fits_the_window_and_says_what_was_left_out() {
     let arts = articles();
-    let corpus = Corpus::new(&arts);
+    let corpus = Corpus::new(&arts, None).unwrap();
     let words = |t: &str| Ok(t.split_whitespace().count());
     let all = abstractive::select_input(&corpus, 10_000, &words).unwrap();
     // One sentence per eligible fact, no noise, in story order.
     assert_eq!(all.sentences.len(), 5);
     assert!(!all.text.contains("newsletter") && !all.text.contains("Rosenborg"));
-    assert!(all.text.starts_with("Norway's government announced"));
+    let first = &corpus.sentences[all.sentences[0]].text;
+    assert_eq!(fact_of(first), Some("announcement"), "{first}");
     let small = abstractive::select_input(&corpus, 40, &words).unwrap();
     assert!(small.tokens <= 40);
     assert!(small.sentences.len() < 5);

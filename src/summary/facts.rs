@@ -1,0 +1,662 @@
+//! Facts: the units a summary counts, and which of them state the same fact.
+//!
+//! Real sentences carry several facts ("the two leaders exchanged rifles and
+//! Putin accepted an invitation"), so a sentence is split into clauses
+//! ([`clauses`]) and the clause is the unit of "same fact". Every unit gets a
+//! lexical vector ([`SimilarityIndex`]), its numbers and, with a sentence
+//! encoder, an embedding; [`Corpus::same_fact`] applies the one rule,
+//! [`similarity::same_fact`]. [`Facts::new`] clusters the units into facts by
+//! average linkage over the same-fact graph: two groups merge only when more
+//! than half of the unit pairs across them state the same fact, so A~B and
+//! B~C alone never merge A and C (no chaining), while a fact restated in six
+//! wordings still forms one group. Groups are then ranked (most articles
+//! first) and marked eligible or not (noise, off-topic, headings).
+//!
+//! Talks to: `similarity` (lexical vectors and the rule), `embed` (the
+//! encoder); used by `select` (coverage), `extractive` and `abstractive`.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::ops::Range;
+
+use serde::Serialize;
+
+use super::embed::SentenceEncoder;
+use super::similarity::{self, SimilarityIndex, Vector, RELATED, SAME_FACT, SEMANTIC_SAME_FACT};
+use super::{is_sentence, Article, LeftOut};
+use crate::error::Result;
+
+/// Words a clause needs on each side of a split: shorter pieces ("Kim" of
+/// "Kim and Putin met") are not clauses.
+const MIN_CLAUSE_WORDS: usize = 4;
+
+/// Connectives after a comma that open a new clause.
+const COMMA_CONNECTIVES: &[&str] = &[
+    "where ",
+    "while ",
+    "and ",
+    "but ",
+    "as ",
+    "after ",
+    "before ",
+    "even though ",
+    "although ",
+    "whereas ",
+    "in exchange for ",
+];
+
+/// The clauses of a sentence: split at semicolons, dashes, a comma before a
+/// connective ("..., where ...", "..., and ...") and "and" before a
+/// capitalised word (a new subject: "... rifles and Putin accepted ..."),
+/// wherever both sides keep [`MIN_CLAUSE_WORDS`] words. A sentence without
+/// such a point is one clause.
+pub fn clauses(sentence: &str) -> Vec<&str> {
+    let mut points: Vec<(usize, usize)> = Vec::new(); // (end of left, start of right)
+    let bytes = sentence.as_bytes();
+    for (i, _) in sentence.char_indices() {
+        let rest = &sentence[i..];
+        if rest.starts_with("; ") {
+            points.push((i, i + 2));
+        } else if rest.starts_with(" — ") || rest.starts_with(" – ") {
+            points.push((i, i + rest.chars().take(3).map(char::len_utf8).sum::<usize>()));
+        } else if let Some(after) = rest.strip_prefix(", ") {
+            if COMMA_CONNECTIVES.iter().any(|c| after.starts_with(c)) {
+                points.push((i, i + 2));
+            }
+        } else if rest.starts_with(" and ")
+            && i > 0
+            && bytes[i - 1] != b','
+            && rest[5..].starts_with(|c: char| c.is_uppercase())
+        {
+            points.push((i, i + 1));
+        }
+    }
+    let words = |s: &str| s.split_whitespace().count();
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (end, next) in points {
+        if end <= start {
+            continue;
+        }
+        if words(&sentence[start..end]) >= MIN_CLAUSE_WORDS
+            && words(&sentence[next..]) >= MIN_CLAUSE_WORDS
+        {
+            out.push(sentence[start..end].trim());
+            start = next;
+        }
+    }
+    out.push(sentence[start..].trim());
+    out
+}
+
+/// A sentence of the corpus.
+#[derive(Debug, Clone)]
+pub struct Sentence {
+    /// Index of its article.
+    pub article: usize,
+    /// Index of the sentence within its article.
+    pub position: usize,
+    pub text: String,
+    /// Its clauses: indices into [`Corpus::units`].
+    pub units: Range<usize>,
+}
+
+/// A clause: the unit of "same fact".
+#[derive(Debug, Clone)]
+pub struct Unit {
+    /// Index of its sentence.
+    pub sentence: usize,
+    pub text: String,
+}
+
+/// The sentences and clauses of all articles, indexed for similarity.
+pub struct Corpus<'e> {
+    pub names: Vec<String>,
+    pub sentences: Vec<Sentence>,
+    pub units: Vec<Unit>,
+    /// Sentences per article.
+    counts: Vec<usize>,
+    /// Lexical vectors of the units.
+    pub index: SimilarityIndex,
+    numbers: Vec<Vec<String>>,
+    /// Unit embeddings, row-major, L2-normalised (with an encoder).
+    embeddings: Option<Vec<f32>>,
+    dim: usize,
+    encoder: Option<&'e SentenceEncoder>,
+}
+
+/// A text outside the corpus (a generated sentence), ready to compare.
+#[derive(Debug, Clone)]
+pub struct Query {
+    lexical: Vector,
+    embedding: Option<Vec<f32>>,
+    numbers: Vec<String>,
+}
+
+impl Query {
+    /// The same-fact rule between two outside texts.
+    pub fn same_fact(&self, other: &Query) -> bool {
+        let cos = self
+            .embedding
+            .as_ref()
+            .zip(other.embedding.as_ref())
+            .map(|(a, b)| dot(a, b));
+        similarity::same_fact(
+            self.lexical.sim(&other.lexical),
+            cos,
+            &self.numbers,
+            &other.numbers,
+        )
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums, so the compiler vectorises the loop.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+impl<'e> Corpus<'e> {
+    /// Split every article into sentences and clauses, and index them; with
+    /// `encoder`, embed every clause too.
+    pub fn new(articles: &[Article], encoder: Option<&'e SentenceEncoder>) -> Result<Self> {
+        let mut sentences = Vec::new();
+        let mut units = Vec::new();
+        let mut counts = Vec::with_capacity(articles.len());
+        for (a, art) in articles.iter().enumerate() {
+            let mut n = 0;
+            for para in art.text.split("\n\n") {
+                let para = para.split_whitespace().collect::<Vec<_>>().join(" ");
+                for s in crate::text::split_sentences(&para) {
+                    let first = units.len();
+                    for c in clauses(s) {
+                        units.push(Unit {
+                            sentence: sentences.len(),
+                            text: c.to_string(),
+                        });
+                    }
+                    sentences.push(Sentence {
+                        article: a,
+                        position: n,
+                        text: s.to_string(),
+                        units: first..units.len(),
+                    });
+                    n += 1;
+                }
+            }
+            counts.push(n);
+        }
+        let texts: Vec<&str> = units.iter().map(|u| u.text.as_str()).collect();
+        let index = SimilarityIndex::new(&texts);
+        let numbers = texts.iter().map(|t| similarity::numbers(t)).collect();
+        let (embeddings, dim) = match encoder {
+            Some(e) => (Some(e.embed(&texts, 64)?.concat()), e.dim()),
+            None => (None, 0),
+        };
+        Ok(Corpus {
+            names: articles.iter().map(|a| a.name.clone()).collect(),
+            sentences,
+            units,
+            counts,
+            index,
+            numbers,
+            embeddings,
+            dim,
+            encoder,
+        })
+    }
+
+    /// Where a sentence sits in its article: 0.0 first, 1.0 last.
+    pub fn relative_position(&self, s: usize) -> f32 {
+        let sent = &self.sentences[s];
+        let n = self.counts[sent.article];
+        if n <= 1 {
+            0.0
+        } else {
+            sent.position as f32 / (n - 1) as f32
+        }
+    }
+
+    /// Number of articles.
+    pub fn articles(&self) -> usize {
+        self.names.len()
+    }
+
+    /// The article of unit `u`.
+    pub fn article_of(&self, u: usize) -> usize {
+        self.sentences[self.units[u].sentence].article
+    }
+
+    /// Whether semantic similarity (embeddings) is in use.
+    pub fn semantic(&self) -> bool {
+        self.embeddings.is_some()
+    }
+
+    fn embedding(&self, u: usize) -> Option<&[f32]> {
+        self.embeddings
+            .as_ref()
+            .map(|e| &e[u * self.dim..(u + 1) * self.dim])
+    }
+
+    /// Cosine of units `a` and `b`'s embeddings, with an encoder.
+    pub fn cosine(&self, a: usize, b: usize) -> Option<f32> {
+        Some(dot(self.embedding(a)?, self.embedding(b)?))
+    }
+
+    /// How alike units `a` and `b` are: the larger of the lexical similarity
+    /// and the cosine (what provenance reports).
+    pub fn similarity(&self, a: usize, b: usize) -> f32 {
+        self.index
+            .sim(a, b)
+            .max(self.cosine(a, b).unwrap_or(0.0))
+            .min(1.0)
+    }
+
+    /// Whether units `a` and `b` state the same fact ([`similarity::same_fact`]).
+    pub fn same_fact(&self, a: usize, b: usize) -> bool {
+        similarity::same_fact(
+            self.index.sim(a, b),
+            self.cosine(a, b),
+            &self.numbers[a],
+            &self.numbers[b],
+        )
+    }
+
+    /// An outside text's vectors, embedded by the same encoder.
+    pub fn query(&self, text: &str) -> Result<Query> {
+        let embedding = match self.encoder {
+            Some(e) => Some(e.embed(&[text], 1)?.remove(0)),
+            None => None,
+        };
+        Ok(Query {
+            lexical: self.index.vector(text),
+            embedding,
+            numbers: similarity::numbers(text),
+        })
+    }
+
+    /// How alike an outside text and unit `u` are, and whether the text is
+    /// supported by it: the same-fact rule with the lexical threshold
+    /// lowered to `lexical_threshold` (a generated sentence rewords and
+    /// merges its sources).
+    pub fn supports(&self, q: &Query, u: usize, lexical_threshold: f32) -> Option<f32> {
+        let lex = self.index.sim_to(&q.lexical, u);
+        let cos = q
+            .embedding
+            .as_deref()
+            .zip(self.embedding(u))
+            .map(|(a, b)| dot(a, b));
+        let ok = (lex >= lexical_threshold || cos.is_some_and(|c| c >= SEMANTIC_SAME_FACT))
+            && !similarity::numbers_contradict(&q.numbers, &self.numbers[u]);
+        ok.then(|| lex.max(cos.unwrap_or(0.0)).min(1.0))
+    }
+
+    /// Unit similarities folded to their sentences, each keeping its best
+    /// clause's; best first (provenance).
+    pub fn by_sentence(&self, units: impl IntoIterator<Item = (usize, f32)>) -> Vec<(usize, f32)> {
+        let mut best: Vec<(usize, f32)> = Vec::new();
+        for (u, sim) in units {
+            let s = self.units[u].sentence;
+            match best.iter_mut().find(|(x, _)| *x == s) {
+                Some((_, b)) => *b = b.max(sim),
+                None => best.push((s, sim)),
+            }
+        }
+        best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        best
+    }
+
+    /// The same-fact graph: for each unit, the other units stating the same
+    /// fact, ascending. Lexical candidates come from the index's sparse rows;
+    /// semantic ones from the embeddings' dot products, a block of rows at a
+    /// time through candle's matmul.
+    pub fn same_fact_edges(&self) -> Result<Vec<Vec<usize>>> {
+        let n = self.units.len();
+        let mut adj: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (a, list) in adj.iter_mut().enumerate() {
+            for (b, sim) in self.index.row(a) {
+                if b != a
+                    && sim >= SAME_FACT
+                    && !similarity::numbers_contradict(&self.numbers[a], &self.numbers[b])
+                {
+                    list.push(b);
+                }
+            }
+        }
+        if let Some(e) = &self.embeddings {
+            use candle_core::{Device, Tensor};
+            let all = Tensor::from_slice(e, (n, self.dim), &Device::Cpu)?;
+            let all_t = all.t()?.contiguous()?;
+            const BLOCK: usize = 256;
+            for start in (0..n).step_by(BLOCK) {
+                let rows = BLOCK.min(n - start);
+                let sims = all.narrow(0, start, rows)?.matmul(&all_t)?;
+                let sims = sims.flatten_all()?.to_vec1::<f32>()?;
+                for r in 0..rows {
+                    let a = start + r;
+                    for (b, &c) in sims[r * n..(r + 1) * n].iter().enumerate() {
+                        if b != a
+                            && c >= SEMANTIC_SAME_FACT
+                            && !similarity::numbers_contradict(&self.numbers[a], &self.numbers[b])
+                        {
+                            adj[a].push(b);
+                        }
+                    }
+                }
+            }
+        }
+        for list in &mut adj {
+            list.sort_unstable();
+            list.dedup();
+        }
+        Ok(adj)
+    }
+}
+
+/// Units stating one fact, across articles.
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    /// Unit indices, ascending.
+    pub members: Vec<usize>,
+    /// Articles reporting the fact, ascending.
+    pub articles: Vec<usize>,
+    /// The member most similar to the others (whole sentences first).
+    pub representative: usize,
+    /// Highest lexical similarity of a member to another article's units.
+    pub relevance: f32,
+    /// Mean relative position of the members' sentences (story order).
+    pub position: f32,
+    /// Whether it may appear in a summary: a fact only one article states,
+    /// sharing nothing ([`RELATED`]) with the other articles, is scraped noise
+    /// or off-topic when there are other articles to compare with; a group of
+    /// headings only has no sentence to offer.
+    pub eligible: bool,
+}
+
+impl Group {
+    /// What the summary gains by stating this fact: the number of articles
+    /// reporting it (the document frequency of Gillick and Favre's concepts);
+    /// nothing for an ineligible group.
+    pub fn weight(&self) -> f64 {
+        if self.eligible {
+            self.articles.len() as f64
+        } else {
+            0.0
+        }
+    }
+
+    /// The `left_out` entry of an ineligible group (noise, off-topic, headings).
+    pub fn left_out_as_unrelated(&self, corpus: &Corpus) -> LeftOut {
+        let text = corpus.sentences[corpus.units[self.representative].sentence]
+            .text
+            .clone();
+        let reason = if !is_sentence(&text) {
+            "a heading or fragment, not a sentence".to_string()
+        } else {
+            format!(
+                "only {} states it and it shares nothing with the other articles (similarity {:.2} < {RELATED})",
+                corpus.names[self.articles[0]], self.relevance
+            )
+        };
+        LeftOut { text, reason }
+    }
+}
+
+/// The corpus' facts: groups of units, ranked, with the same-fact graph.
+pub struct Facts {
+    /// Most articles first; among facts one article states, the most related
+    /// to the rest of the corpus first; then the earliest in the stories.
+    pub groups: Vec<Group>,
+    /// The group of each unit.
+    pub group_of: Vec<usize>,
+    /// The same-fact graph ([`Corpus::same_fact_edges`]).
+    pub edges: Vec<Vec<usize>>,
+}
+
+impl Facts {
+    /// Group the corpus' units by fact and rank the groups.
+    pub fn new(corpus: &Corpus) -> Result<Self> {
+        let edges = corpus.same_fact_edges()?;
+        let clusters = average_linkage(&edges);
+        let n = corpus.units.len();
+        // Relevance: the best lexical match in another article.
+        let relevance: Vec<f32> = (0..n)
+            .map(|u| {
+                let a = corpus.article_of(u);
+                corpus
+                    .index
+                    .row(u)
+                    .into_iter()
+                    .filter(|&(o, _)| corpus.article_of(o) != a)
+                    .map(|(_, sim)| sim)
+                    .fold(0.0, f32::max)
+            })
+            .collect();
+        let single_article = corpus.articles() <= 1;
+        let whole = |u: usize| is_sentence(&corpus.sentences[corpus.units[u].sentence].text);
+        let any_sentence = corpus.sentences.iter().any(|s| is_sentence(&s.text));
+        let mut groups: Vec<Group> = clusters
+            .into_iter()
+            .map(|members| {
+                let mut articles: Vec<usize> =
+                    members.iter().map(|&m| corpus.article_of(m)).collect();
+                articles.sort_unstable();
+                articles.dedup();
+                let centrality = |x: usize| -> f32 {
+                    members
+                        .iter()
+                        .filter(|&&o| o != x)
+                        .map(|&o| corpus.similarity(x, o))
+                        .sum()
+                };
+                // Whole sentences before headings; then the most central;
+                // ties go to the earlier unit (max_by keeps the last max).
+                let representative = *members
+                    .iter()
+                    .max_by(|&&a, &&b| {
+                        whole(a)
+                            .cmp(&whole(b))
+                            .then(centrality(a).total_cmp(&centrality(b)))
+                            .then(b.cmp(&a))
+                    })
+                    .expect("a group has a member");
+                let relevance = members.iter().map(|&m| relevance[m]).fold(0.0, f32::max);
+                let position = members
+                    .iter()
+                    .map(|&m| corpus.relative_position(corpus.units[m].sentence))
+                    .sum::<f32>()
+                    / members.len() as f32;
+                // Headings only: no sentence states the fact, unless the
+                // corpus has no sentences at all (articles as bare lines).
+                let stated = !any_sentence || whole(representative);
+                let eligible =
+                    stated && (single_article || articles.len() >= 2 || relevance >= RELATED);
+                Group {
+                    members,
+                    articles,
+                    representative,
+                    relevance,
+                    position,
+                    eligible,
+                }
+            })
+            .collect();
+        groups.sort_by(|a, b| {
+            b.articles
+                .len()
+                .cmp(&a.articles.len())
+                .then_with(|| {
+                    if a.articles.len() == 1 {
+                        b.relevance.total_cmp(&a.relevance)
+                    } else {
+                        std::cmp::Ordering::Equal
+                    }
+                })
+                .then(a.position.total_cmp(&b.position))
+                .then(a.members[0].cmp(&b.members[0]))
+        });
+        let mut group_of = vec![0; n];
+        for (g, group) in groups.iter().enumerate() {
+            for &m in &group.members {
+                group_of[m] = g;
+            }
+        }
+        Ok(Facts {
+            groups,
+            group_of,
+            edges,
+        })
+    }
+
+    /// The facts sentence `s` states: the groups of its clauses, and any
+    /// group at least half of whose members one of its clauses restates (a
+    /// clause that joins two facts belongs to one group, but states both).
+    pub fn covered_by(&self, corpus: &Corpus, s: usize) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        for u in corpus.sentences[s].units.clone() {
+            out.push(self.group_of[u]);
+            let mut links: HashMap<usize, usize> = HashMap::new();
+            for &v in &self.edges[u] {
+                *links.entry(self.group_of[v]).or_default() += 1;
+            }
+            for (g, c) in links {
+                if 2 * c >= self.groups[g].members.len() {
+                    out.push(g);
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// A candidate merge of two clusters in [`average_linkage`].
+#[derive(PartialEq)]
+struct Merge {
+    /// Same-fact pairs across the two clusters / all pairs across them.
+    ratio: f64,
+    a: usize,
+    b: usize,
+    versions: (u32, u32),
+}
+
+impl Eq for Merge {}
+
+impl Ord for Merge {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Highest ratio first; ties to the lower cluster ids (determinism).
+        self.ratio
+            .total_cmp(&other.ratio)
+            .then_with(|| (other.a.min(other.b), other.a.max(other.b)).cmp(&(self.a.min(self.b), self.a.max(self.b))))
+    }
+}
+
+impl PartialOrd for Merge {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Average-linkage clustering of a graph's nodes: start from singletons and
+/// repeatedly merge the two clusters with the largest share of linked pairs
+/// across them, while that share is more than one half. Pair counts between
+/// clusters are kept in maps and candidate merges in a heap (stale entries
+/// are skipped by version), so the cost follows the edges, not n².
+/// Returns the clusters, each ascending, ordered by their first member.
+pub fn average_linkage(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let n = edges.len();
+    let mut members: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
+    let mut version = vec![0u32; n];
+    let mut links: Vec<HashMap<usize, u32>> = edges
+        .iter()
+        .enumerate()
+        .map(|(i, e)| e.iter().filter(|&&j| j != i).map(|&j| (j, 1)).collect())
+        .collect();
+    // Count an edge once even if only one side lists it.
+    for i in 0..n {
+        for &j in &edges[i] {
+            if j != i {
+                links[j].entry(i).or_insert(1);
+            }
+        }
+    }
+    let mut heap = BinaryHeap::new();
+    for (i, l) in links.iter().enumerate() {
+        for &j in l.keys() {
+            if i < j {
+                heap.push(Merge {
+                    ratio: 1.0,
+                    a: i,
+                    b: j,
+                    versions: (0, 0),
+                });
+            }
+        }
+    }
+    while let Some(m) = heap.pop() {
+        if m.ratio <= 0.5 {
+            break;
+        }
+        let (a, b) = (m.a, m.b);
+        if members[a].is_empty()
+            || members[b].is_empty()
+            || (version[a], version[b]) != m.versions
+        {
+            continue;
+        }
+        let (keep, gone) = if members[a].len() >= members[b].len() {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let gone_links = std::mem::take(&mut links[gone]);
+        links[keep].remove(&gone);
+        for (x, c) in gone_links {
+            if x == keep {
+                continue;
+            }
+            *links[keep].entry(x).or_insert(0) += c;
+            let lx = &mut links[x];
+            let moved = lx.remove(&gone).unwrap_or(0);
+            *lx.entry(keep).or_insert(0) += moved;
+        }
+        let moved = std::mem::take(&mut members[gone]);
+        members[keep].extend(moved);
+        version[keep] += 1;
+        version[gone] += 1;
+        let size = members[keep].len() as f64;
+        for (&x, &c) in &links[keep] {
+            let ratio = f64::from(c) / (size * members[x].len() as f64);
+            if ratio > 0.5 {
+                heap.push(Merge {
+                    ratio,
+                    a: keep,
+                    b: x,
+                    versions: (version[keep], version[x]),
+                });
+            }
+        }
+    }
+    let mut out: Vec<Vec<usize>> = members
+        .into_iter()
+        .filter(|m| !m.is_empty())
+        .map(|mut m| {
+            m.sort_unstable();
+            m
+        })
+        .collect();
+    out.sort_by_key(|m| m[0]);
+    out
+}
