@@ -249,15 +249,19 @@ fn resolve_cached(id: &str, revision: &str, opts: &HubOptions) -> Result<ModelFi
             .unwrap_or("tokenizer files");
         return Err(missing(first_missing));
     }
-    let weights = plan.weights.iter().find_map(|f| cache.get(f)).ok_or_else(|| Error::Hub {
-        what: format!(
-            "{}: no weight file ({}) of {id}@{revision} in the cache and --offline is set",
-            opts.cache_dir.display(),
-            plan.weights.join(" or ")
-        ),
-        hint: fetch_hint(id, revision),
-        source: None,
-    })?;
+    let weights = plan
+        .weights
+        .iter()
+        .find_map(|f| cache.get(f))
+        .ok_or_else(|| Error::Hub {
+            what: format!(
+                "{}: no weight file ({}) of {id}@{revision} in the cache and --offline is set",
+                opts.cache_dir.display(),
+                plan.weights.join(" or ")
+            ),
+            hint: fetch_hint(id, revision),
+            source: None,
+        })?;
     Ok(ModelFiles {
         dir: dir.unwrap_or_default(),
         weights,
@@ -337,7 +341,10 @@ pub fn download(id: &str, revision: &str, opts: &HubOptions, force: bool) -> Res
         }
     }
     let weights = weights.ok_or_else(|| Error::Hub {
-        what: format!("{id}@{revision} has no weight file ({})", plan.weights.join(" or ")),
+        what: format!(
+            "{id}@{revision} has no weight file ({})",
+            plan.weights.join(" or ")
+        ),
         hint: "pick a revision that carries weights (e.g. refs/pr/N for converted safetensors)"
             .into(),
         source: last_err.map(|e| Box::new(e) as _),

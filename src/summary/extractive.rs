@@ -23,19 +23,17 @@ pub fn summarize(
             .iter()
             .map(|&s| word_count(&corpus.sentences[s].text))
             .sum();
-        Ok((words > max_words).then(|| {
-            format!("word budget: {words} words would exceed --max-words {max_words}")
-        }))
+        Ok((words > max_words)
+            .then(|| format!("word budget: {words} words would exceed --max-words {max_words}")))
     })?;
     let sentences = selection
         .sentences
         .iter()
-        .zip(&selection.facts)
-        .map(|(&s, covered)| {
+        .map(|&s| {
             cite(
                 &corpus,
                 corpus.sentences[s].text.clone(),
-                &support(&corpus, &facts, s, covered),
+                &support(&corpus, &facts, s),
             )
         })
         .collect();
@@ -56,20 +54,16 @@ pub fn summarize(
     })
 }
 
-/// Provenance of chosen sentence `s`: the sentences holding a member of a
-/// fact it states, or a clause stating the same fact as one of its own,
-/// each with its best similarity to one of `s`'s clauses; best first.
-pub(crate) fn support(
-    corpus: &Corpus,
-    facts: &Facts,
-    s: usize,
-    covered: &[usize],
-) -> Vec<(usize, f32)> {
+/// Provenance of chosen sentence `s`: the sentences holding a member of the
+/// groups of its own clauses (a same-fact match that average linkage kept
+/// out of a group is not trusted as a source, and the facts a clause is
+/// credited with for the no-repeat rule are a conservative guess), each with
+/// its best similarity to one of `s`'s clauses; best first.
+pub(crate) fn support(corpus: &Corpus, facts: &Facts, s: usize) -> Vec<(usize, f32)> {
     let own = corpus.sentences[s].units.clone();
-    let mut units: Vec<usize> = covered
-        .iter()
-        .flat_map(|&g| facts.groups[g].members.iter().copied())
-        .chain(own.clone().flat_map(|u| facts.edges[u].iter().copied()))
+    let mut units: Vec<usize> = own
+        .clone()
+        .flat_map(|u| facts.groups[facts.group_of[u]].members.iter().copied())
         .chain(own.clone())
         .collect();
     units.sort_unstable();

@@ -21,8 +21,10 @@ use std::ops::Range;
 use serde::Serialize;
 
 use super::embed::SentenceEncoder;
-use super::similarity::{self, SimilarityIndex, Vector, RELATED, SAME_FACT, SEMANTIC_SAME_FACT};
-use super::{is_sentence, Article, LeftOut};
+use super::similarity::{
+    self, SimilarityIndex, Vector, RELATED, SEMANTIC_RELATED, SEMANTIC_SAME_FACT,
+};
+use super::{is_sentence, states_fact, Article, LeftOut};
 use crate::error::Result;
 
 /// Words a clause needs on each side of a split: shorter pieces ("Kim" of
@@ -31,6 +33,7 @@ const MIN_CLAUSE_WORDS: usize = 4;
 
 /// Connectives after a comma that open a new clause.
 const COMMA_CONNECTIVES: &[&str] = &[
+    "and that ",
     "where ",
     "while ",
     "and ",
@@ -45,7 +48,8 @@ const COMMA_CONNECTIVES: &[&str] = &[
 ];
 
 /// The clauses of a sentence: split at semicolons, dashes, a comma before a
-/// connective ("..., where ...", "..., and ...") and "and" before a
+/// connective ("..., where ...", "..., and ...") or a participle ("...,
+/// opening a crack 4 km long"), and "and" before a
 /// capitalised word (a new subject: "... rifles and Putin accepted ..."),
 /// wherever both sides keep [`MIN_CLAUSE_WORDS`] words. A sentence without
 /// such a point is one clause.
@@ -57,15 +61,23 @@ pub fn clauses(sentence: &str) -> Vec<&str> {
         if rest.starts_with("; ") {
             points.push((i, i + 2));
         } else if rest.starts_with(" — ") || rest.starts_with(" – ") {
-            points.push((i, i + rest.chars().take(3).map(char::len_utf8).sum::<usize>()));
+            points.push((
+                i,
+                i + rest.chars().take(3).map(char::len_utf8).sum::<usize>(),
+            ));
         } else if let Some(after) = rest.strip_prefix(", ") {
-            if COMMA_CONNECTIVES.iter().any(|c| after.starts_with(c)) {
+            // A connective, or a participle ("..., sending lava 100 metres
+            // up"): both open a clause with a fact of its own.
+            let word = after.split([' ', ',']).next().unwrap_or("");
+            let participle =
+                word.len() > 4 && word.ends_with("ing") && word.chars().all(|c| c.is_lowercase());
+            if participle || COMMA_CONNECTIVES.iter().any(|c| after.starts_with(c)) {
                 points.push((i, i + 2));
             }
         } else if rest.starts_with(" and ")
             && i > 0
             && bytes[i - 1] != b','
-            && rest[5..].starts_with(|c: char| c.is_uppercase())
+            && (rest[5..].starts_with(|c: char| c.is_uppercase()) || rest[5..].starts_with("that "))
         {
             points.push((i, i + 1));
         }
@@ -117,7 +129,7 @@ pub struct Corpus<'e> {
     counts: Vec<usize>,
     /// Lexical vectors of the units.
     pub index: SimilarityIndex,
-    numbers: Vec<Vec<String>>,
+    numbers: Vec<Vec<(String, String)>>,
     /// Unit embeddings, row-major, L2-normalised (with an encoder).
     embeddings: Option<Vec<f32>>,
     dim: usize,
@@ -129,7 +141,7 @@ pub struct Corpus<'e> {
 pub struct Query {
     lexical: Vector,
     embedding: Option<Vec<f32>>,
-    numbers: Vec<String>,
+    numbers: Vec<(String, String)>,
 }
 
 impl Query {
@@ -302,6 +314,29 @@ impl<'e> Corpus<'e> {
         ok.then(|| lex.max(cos.unwrap_or(0.0)).min(1.0))
     }
 
+    /// Call `f(a, cosines of unit a with every unit)` for every unit, with
+    /// embeddings (else never): a block of rows at a time through candle's
+    /// matmul, so a row is never computed pair by pair.
+    fn cosine_rows(&self, mut f: impl FnMut(usize, &[f32])) -> Result<()> {
+        let Some(e) = &self.embeddings else {
+            return Ok(());
+        };
+        use candle_core::{Device, Tensor};
+        const BLOCK: usize = 256;
+        let n = self.units.len();
+        let all = Tensor::from_slice(e, (n, self.dim), &Device::Cpu)?;
+        let all_t = all.t()?.contiguous()?;
+        for start in (0..n).step_by(BLOCK) {
+            let rows = BLOCK.min(n - start);
+            let sims = all.narrow(0, start, rows)?.matmul(&all_t)?;
+            let sims = sims.flatten_all()?.to_vec1::<f32>()?;
+            for r in 0..rows {
+                f(start + r, &sims[r * n..(r + 1) * n]);
+            }
+        }
+        Ok(())
+    }
+
     /// Unit similarities folded to their sentences, each keeping its best
     /// clause's; best first (provenance).
     pub fn by_sentence(&self, units: impl IntoIterator<Item = (usize, f32)>) -> Vec<(usize, f32)> {
@@ -319,46 +354,27 @@ impl<'e> Corpus<'e> {
 
     /// The same-fact graph: for each unit, the other units stating the same
     /// fact, ascending. Lexical candidates come from the index's sparse rows;
-    /// semantic ones from the embeddings' dot products, a block of rows at a
-    /// time through candle's matmul.
+    /// semantic ones from the embeddings' cosine rows.
     pub fn same_fact_edges(&self) -> Result<Vec<Vec<usize>>> {
         let n = self.units.len();
-        let mut adj: Vec<Vec<usize>> = vec![Vec::new(); n];
+        // Candidates: units sharing a term, or with a cosine high enough
+        // for some branch of the rule; then the rule decides.
+        let mut adj: Vec<Vec<usize>> = (0..n)
+            .map(|a| self.index.row(a).into_iter().map(|(b, _)| b).collect())
+            .collect();
+        let floor = SEMANTIC_SAME_FACT.min(similarity::SHARED_FIGURE_COSINE);
+        self.cosine_rows(|a, row| {
+            adj[a].extend(
+                row.iter()
+                    .enumerate()
+                    .filter(|&(_, &c)| c >= floor)
+                    .map(|(b, _)| b),
+            );
+        })?;
         for (a, list) in adj.iter_mut().enumerate() {
-            for (b, sim) in self.index.row(a) {
-                if b != a
-                    && sim >= SAME_FACT
-                    && !similarity::numbers_contradict(&self.numbers[a], &self.numbers[b])
-                {
-                    list.push(b);
-                }
-            }
-        }
-        if let Some(e) = &self.embeddings {
-            use candle_core::{Device, Tensor};
-            let all = Tensor::from_slice(e, (n, self.dim), &Device::Cpu)?;
-            let all_t = all.t()?.contiguous()?;
-            const BLOCK: usize = 256;
-            for start in (0..n).step_by(BLOCK) {
-                let rows = BLOCK.min(n - start);
-                let sims = all.narrow(0, start, rows)?.matmul(&all_t)?;
-                let sims = sims.flatten_all()?.to_vec1::<f32>()?;
-                for r in 0..rows {
-                    let a = start + r;
-                    for (b, &c) in sims[r * n..(r + 1) * n].iter().enumerate() {
-                        if b != a
-                            && c >= SEMANTIC_SAME_FACT
-                            && !similarity::numbers_contradict(&self.numbers[a], &self.numbers[b])
-                        {
-                            adj[a].push(b);
-                        }
-                    }
-                }
-            }
-        }
-        for list in &mut adj {
             list.sort_unstable();
             list.dedup();
+            list.retain(|&b| b != a && self.same_fact(a, b));
         }
         Ok(adj)
     }
@@ -402,7 +418,9 @@ impl Group {
             .text
             .clone();
         let reason = if !is_sentence(&text) {
-            "a heading or fragment, not a sentence".to_string()
+            "a heading, fragment or question, not a statement".to_string()
+        } else if !states_fact(&text) {
+            "addresses the reader (page chrome), not a fact of the story".to_string()
         } else {
             format!(
                 "only {} states it and it shares nothing with the other articles (similarity {:.2} < {RELATED})",
@@ -430,21 +448,58 @@ impl Facts {
         let edges = corpus.same_fact_edges()?;
         let clusters = average_linkage(&edges);
         let n = corpus.units.len();
-        // Relevance: the best lexical match in another article.
-        let relevance: Vec<f32> = (0..n)
+        let mut cluster_of = vec![0; n];
+        for (c, members) in clusters.iter().enumerate() {
+            for &m in members {
+                cluster_of[m] = c;
+            }
+        }
+        // Relevance: how close a unit comes to another fact (another
+        // cluster) of another article; it decides whether a fact only one
+        // article states belongs to the story.
+        // Only units that can state a fact count as anchors: noise relates
+        // to other outlets' noise, never to the story.
+        let anchor: Vec<bool> = corpus
+            .units
+            .iter()
+            .map(|u| states_fact(&corpus.sentences[u.sentence].text))
+            .collect();
+        let elsewhere = |u: usize, v: usize| {
+            anchor[v]
+                && corpus.article_of(v) != corpus.article_of(u)
+                && cluster_of[v] != cluster_of[u]
+        };
+        let mut relevance: Vec<f32> = (0..n)
             .map(|u| {
-                let a = corpus.article_of(u);
                 corpus
                     .index
                     .row(u)
                     .into_iter()
-                    .filter(|&(o, _)| corpus.article_of(o) != a)
+                    .filter(|&(v, _)| elsewhere(u, v))
                     .map(|(_, sim)| sim)
                     .fold(0.0, f32::max)
             })
             .collect();
+        // With embeddings, relevance is semantic: word overlap is fooled by
+        // a shared "Monday" and misses a related fact in other words.
+        if corpus.semantic() {
+            relevance.iter_mut().for_each(|r| *r = 0.0);
+            corpus.cosine_rows(|u, row| {
+                relevance[u] = row
+                    .iter()
+                    .enumerate()
+                    .filter(|&(v, _)| elsewhere(u, v))
+                    .map(|(_, &c)| c)
+                    .fold(0.0, f32::max);
+            })?;
+        }
+        let related = if corpus.semantic() {
+            SEMANTIC_RELATED
+        } else {
+            RELATED
+        };
         let single_article = corpus.articles() <= 1;
-        let whole = |u: usize| is_sentence(&corpus.sentences[corpus.units[u].sentence].text);
+        let whole = |u: usize| states_fact(&corpus.sentences[corpus.units[u].sentence].text);
         let any_sentence = corpus.sentences.iter().any(|s| is_sentence(&s.text));
         let mut groups: Vec<Group> = clusters
             .into_iter()
@@ -481,7 +536,7 @@ impl Facts {
                 // corpus has no sentences at all (articles as bare lines).
                 let stated = !any_sentence || whole(representative);
                 let eligible =
-                    stated && (single_article || articles.len() >= 2 || relevance >= RELATED);
+                    stated && (single_article || articles.len() >= 2 || relevance >= related);
                 Group {
                     members,
                     articles,
@@ -557,9 +612,10 @@ impl Eq for Merge {}
 impl Ord for Merge {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         // Highest ratio first; ties to the lower cluster ids (determinism).
-        self.ratio
-            .total_cmp(&other.ratio)
-            .then_with(|| (other.a.min(other.b), other.a.max(other.b)).cmp(&(self.a.min(self.b), self.a.max(self.b))))
+        self.ratio.total_cmp(&other.ratio).then_with(|| {
+            (other.a.min(other.b), other.a.max(other.b))
+                .cmp(&(self.a.min(self.b), self.a.max(self.b)))
+        })
     }
 }
 
@@ -585,8 +641,8 @@ pub fn average_linkage(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
         .map(|(i, e)| e.iter().filter(|&&j| j != i).map(|&j| (j, 1)).collect())
         .collect();
     // Count an edge once even if only one side lists it.
-    for i in 0..n {
-        for &j in &edges[i] {
+    for (i, e) in edges.iter().enumerate() {
+        for &j in e {
             if j != i {
                 links[j].entry(i).or_insert(1);
             }
@@ -610,9 +666,7 @@ pub fn average_linkage(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
             break;
         }
         let (a, b) = (m.a, m.b);
-        if members[a].is_empty()
-            || members[b].is_empty()
-            || (version[a], version[b]) != m.versions
+        if members[a].is_empty() || members[b].is_empty() || (version[a], version[b]) != m.versions
         {
             continue;
         }

@@ -135,15 +135,50 @@ pub struct Article {
     pub text: String,
 }
 
-/// Whether `text` reads as a sentence rather than a heading or a fragment:
-/// three words or more ending with sentence-final punctuation (a closing quote
-/// or bracket may follow), or a long line of twelve words or more.
+/// Whether `text` reads as a statement rather than a heading, a fragment or
+/// a question: three words or more ending with a full stop, "!" or "…" (a
+/// closing quote or bracket may follow), or a long line of twelve words or
+/// more that is not a question. A question ("Do you have photos of the
+/// eruption?") asserts no fact.
 pub fn is_sentence(text: &str) -> bool {
     let end = text
         .trim_end()
         .trim_end_matches(['»', '"', '”', '’', ')', ' ', '\u{a0}', '\u{202f}']);
     let words = word_count(text);
-    (words >= 3 && end.ends_with(['.', '!', '?', '…'])) || words >= 12
+    !end.ends_with('?') && ((words >= 3 && end.ends_with(['.', '!', '…'])) || words >= 12)
+}
+
+/// Whether `text` can state a fact of the story: a statement
+/// ([`is_sentence`]) that does not address the reader. Page chrome speaks to
+/// the reader or for the publisher ("your email address will not be
+/// published", "sign up for our briefing", "send them to us"); news reports
+/// in the third person, and a first or second person inside quotation marks
+/// is a quote, which is kept.
+pub fn states_fact(text: &str) -> bool {
+    is_sentence(text) && !addresses_reader(text)
+}
+
+/// Whether `text`, quotations removed, uses "you", "your", "we", "our" or "us".
+fn addresses_reader(text: &str) -> bool {
+    let mut outside = String::with_capacity(text.len());
+    let mut quoted = false;
+    for c in text.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '“' | '«' => quoted = true,
+            '”' | '»' => quoted = false,
+            _ if !quoted => outside.push(c),
+            _ => {}
+        }
+    }
+    outside
+        .split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '’')
+        .any(|w| {
+            matches!(
+                w.to_lowercase().as_str(),
+                "you" | "your" | "yours" | "we" | "our" | "ours" | "us"
+            )
+        })
 }
 
 /// A source sentence supporting a summary sentence.

@@ -4,9 +4,11 @@
 //! the number of articles reporting it, and sentences are chosen to cover
 //! the most fact weight per word.
 //!
-//! The objective is solved greedily, as budgeted maximum coverage is: at each
-//! step the sentence with the most uncovered weight per word that still fits
-//! the budget. Two rules are stricter than ICSI's, because the summary must
+//! The objective is solved as budgeted maximum coverage usually is: greedily,
+//! at each step the sentence with the most uncovered weight per word that
+//! still fits the budget, then improved by swaps (a chosen sentence replaced
+//! by one stating more weight without repeating the others), refilling after
+//! each swap. Two rules are stricter than ICSI's, because the summary must
 //! state every fact once: a sentence that states a fact already covered adds
 //! nothing and is never taken, and neither is one with a clause that states
 //! the same fact as a chosen clause (the same-fact rule, which catches what
@@ -16,7 +18,7 @@
 //! `extractive` (a word budget) and `abstractive` (the model's token window).
 
 use super::facts::{Corpus, Facts};
-use super::{is_sentence, word_count, LeftOut};
+use super::{is_sentence, states_fact, word_count, LeftOut};
 use crate::error::Result;
 
 /// What [`select`] chose.
@@ -27,15 +29,6 @@ pub struct Selection {
     pub facts: Vec<Vec<usize>>,
     /// The facts not stated, and why.
     pub left_out: Vec<LeftOut>,
-}
-
-/// Why a sentence was passed over.
-#[derive(Clone)]
-enum Passed {
-    /// It does not fit the budget; the budget's own words.
-    Budget(String),
-    /// It restates a fact of this chosen sentence.
-    Repeats(usize),
 }
 
 /// Choose sentences by facts covered per word. `fits` says whether the
@@ -49,82 +42,99 @@ pub fn select(
     let groups = &facts.groups;
     let any_sentence = corpus.sentences.iter().any(|s| is_sentence(&s.text));
     let covers: Vec<Vec<usize>> = (0..n).map(|s| facts.covered_by(corpus, s)).collect();
+    let weight: Vec<f64> = covers
+        .iter()
+        .map(|c| c.iter().map(|&g| groups[g].weight()).sum())
+        .collect();
     let words: Vec<f64> = corpus
         .sentences
         .iter()
         .map(|s| word_count(&s.text).max(1) as f64)
         .collect();
-    // Candidates: whole sentences stating at least one eligible fact.
-    let mut open: Vec<usize> = (0..n)
-        .filter(|&s| !any_sentence || is_sentence(&corpus.sentences[s].text))
-        .filter(|&s| covers[s].iter().any(|&g| groups[g].weight() > 0.0))
+    // Candidates: statements stating at least one eligible fact.
+    let candidates: Vec<usize> = (0..n)
+        .filter(|&s| !any_sentence || states_fact(&corpus.sentences[s].text))
+        .filter(|&s| weight[s] > 0.0)
         .collect();
-    let mut passed: Vec<Option<Passed>> = vec![None; n];
-    let mut covered = vec![false; groups.len()];
-    let mut is_chosen = vec![false; n];
+    // The chosen sentence `s` would repeat a fact of, if any: a fact both
+    // state, or a clause pair stating the same fact (what grouping split).
+    let conflict = |s: usize, chosen: &[usize]| -> Option<usize> {
+        chosen.iter().copied().find(|&c| {
+            c == s
+                || covers[s].iter().any(|g| covers[c].contains(g))
+                || corpus.sentences[s].units.clone().any(|u| {
+                    facts.edges[u]
+                        .iter()
+                        .any(|&v| corpus.units[v].sentence == c)
+                })
+        })
+    };
+    let ratio = |s: usize| weight[s] / words[s];
+    let better = |a: usize, b: usize| {
+        ratio(a)
+            .total_cmp(&ratio(b))
+            .then(weight[a].total_cmp(&weight[b]))
+            .then(
+                corpus
+                    .relative_position(b)
+                    .total_cmp(&corpus.relative_position(a)),
+            )
+            .then(b.cmp(&a))
+    };
+    let mut trial = |chosen: &[usize], s: usize| -> Result<Option<Vec<usize>>> {
+        let mut t = chosen.to_vec();
+        t.push(s);
+        sort_story(corpus, &covers, facts, &mut t);
+        Ok(fits(&t)?.is_none().then_some(t))
+    };
     let mut chosen: Vec<usize> = Vec::new();
-    loop {
-        // Drop what can no longer be taken: covered facts and chosen
-        // clauses only grow.
-        open.retain(|&s| {
-            if is_chosen[s] || passed[s].is_some() {
-                return false;
-            }
-            let repeats = covers[s]
+    // Greedy fill, then swaps: a chosen sentence gives way to one that
+    // states more fact weight without repeating the others' (the greedy
+    // step takes the short sentence, a swap the one that also says who
+    // waved goodbye); each swap may free budget for another fill.
+    for _round in 0..32 {
+        // Fill: the most uncovered weight per word that fits.
+        let mut tried = vec![false; n];
+        loop {
+            let best = candidates
                 .iter()
-                .find(|&&g| covered[g])
-                .and_then(|&g| chosen.iter().copied().find(|&c| covers[c].contains(&g)))
-                .or_else(|| {
-                    corpus.sentences[s].units.clone().find_map(|u| {
-                        facts.edges[u]
-                            .iter()
-                            .map(|&v| corpus.units[v].sentence)
-                            .find(|&o| is_chosen[o])
-                    })
-                });
-            match repeats {
-                Some(c) => {
-                    passed[s] = Some(Passed::Repeats(c));
-                    false
-                }
-                None => true,
+                .copied()
+                .filter(|&s| !tried[s] && conflict(s, &chosen).is_none())
+                .max_by(|&a, &b| better(a, b));
+            let Some(s) = best else { break };
+            tried[s] = true;
+            if let Some(t) = trial(&chosen, s)? {
+                chosen = t;
             }
-        });
-        let gain = |s: usize| -> f64 {
-            covers[s]
-                .iter()
-                .filter(|&&g| !covered[g])
-                .map(|&g| groups[g].weight())
-                .sum()
-        };
-        let best = open
-            .iter()
-            .copied()
-            .filter(|&s| gain(s) > 0.0)
-            .max_by(|&a, &b| {
-                (gain(a) / words[a])
-                    .total_cmp(&(gain(b) / words[b]))
-                    .then(gain(a).total_cmp(&gain(b)))
-                    .then(
-                        corpus
-                            .relative_position(b)
-                            .total_cmp(&corpus.relative_position(a)),
-                    )
-                    .then(b.cmp(&a))
-            });
-        let Some(s) = best else { break };
-        let mut trial = chosen.clone();
-        trial.push(s);
-        sort_story(corpus, &covers, facts, &mut trial);
-        if let Some(why) = fits(&trial)? {
-            passed[s] = Some(Passed::Budget(why));
-            continue;
         }
+        // Swap: the first improvement found, then fill again.
+        let mut swapped = false;
+        'swap: for i in 0..chosen.len() {
+            let c = chosen[i];
+            let others: Vec<usize> = chosen.iter().copied().filter(|&x| x != c).collect();
+            let mut options: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|&s| weight[s] > weight[c] + 1e-9 && conflict(s, &others).is_none())
+                .collect();
+            options.sort_by(|&a, &b| weight[b].total_cmp(&weight[a]).then(better(b, a)));
+            for s in options {
+                if let Some(t) = trial(&others, s)? {
+                    chosen = t;
+                    swapped = true;
+                    break 'swap;
+                }
+            }
+        }
+        if !swapped {
+            break;
+        }
+    }
+    let mut covered = vec![false; groups.len()];
+    for &s in &chosen {
         for &g in &covers[s] {
             covered[g] = true;
         }
-        is_chosen[s] = true;
-        chosen = trial;
     }
     // Every fact left unstated, most reported first, with the reason.
     let mut left_out = Vec::new();
@@ -137,28 +147,25 @@ pub fn select(
             continue;
         }
         let rep = corpus.units[group.representative].sentence;
-        let reason = group
-            .members
-            .iter()
-            .map(|&m| corpus.units[m].sentence)
-            .chain([rep])
-            .find_map(|s| passed[s].clone().map(|p| (s, p)));
-        let (s, reason) = match reason {
-            Some((s, Passed::Budget(why))) => (
-                s,
-                format!("{why} (reported by {} article(s))", group.articles.len()),
+        let reason = match conflict(rep, &chosen) {
+            Some(c) => format!(
+                "restates a fact of a chosen sentence: {:?}",
+                corpus.sentences[c].text
             ),
-            Some((s, Passed::Repeats(c))) => (
-                s,
-                format!(
-                    "restates a fact of a chosen sentence: {:?}",
-                    corpus.sentences[c].text
-                ),
-            ),
-            None => (rep, "no whole sentence states it".to_string()),
+            None => {
+                let mut t = chosen.clone();
+                t.push(rep);
+                sort_story(corpus, &covers, facts, &mut t);
+                match fits(&t)? {
+                    Some(why) => {
+                        format!("{why} (reported by {} article(s))", group.articles.len())
+                    }
+                    None => "no statement states it".to_string(),
+                }
+            }
         };
         left_out.push(LeftOut {
-            text: corpus.sentences[s].text.clone(),
+            text: corpus.sentences[rep].text.clone(),
             reason,
         });
     }

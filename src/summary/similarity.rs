@@ -42,9 +42,15 @@ pub const SUPPORTS: f32 = 0.25;
 /// sentence encoder; calibrated for all-MiniLM-L6-v2, see the module doc).
 pub const SEMANTIC_SAME_FACT: f32 = 0.62;
 
-/// The numbers of a text: digit grouping removed ("8 000" == "8,000" ==
-/// "8000"), decimals kept ("3.2", "3,2" -> "3.2"), sorted and deduplicated.
-pub fn numbers(text: &str) -> Vec<String> {
+/// Cosine below which a fact is unrelated to every other fact of the corpus
+/// (noise, off-topic), with a sentence encoder; see [`RELATED`].
+pub const SEMANTIC_RELATED: f32 = 0.3;
+
+/// The numbers of a text, each with what it counts: digit grouping removed
+/// ("8 000" == "8,000" == "8000"), decimals kept ("3,2" -> "3.2"), and the
+/// unit the next word or sign names, lower-cased ("km", "%", "soldiers").
+/// Sorted and deduplicated.
+pub fn numbers(text: &str) -> Vec<(String, String)> {
     let chars: Vec<char> = text.chars().collect();
     let is_digit = |i: usize| chars.get(i).is_some_and(|c| c.is_ascii_digit());
     let mut out = Vec::new();
@@ -71,26 +77,153 @@ pub fn numbers(text: &str) -> Vec<String> {
             }
             i += 1;
         }
-        out.push(num);
+        let (unit, _) = unit_after(&chars, i);
+        out.push((num, unit));
+    }
+    // Spelled-out small numbers before a unit of measure: "four
+    // kilometres", "a four-kilometre fissure", "six days".
+    let words: Vec<(usize, String)> = {
+        let mut w = Vec::new();
+        let mut k = 0;
+        while k < chars.len() {
+            if chars[k].is_alphabetic() && (k == 0 || !chars[k - 1].is_alphanumeric()) {
+                let word: String = chars[k..]
+                    .iter()
+                    .take_while(|c| c.is_alphabetic())
+                    .flat_map(|c| c.to_lowercase())
+                    .collect();
+                k += word.chars().count();
+                w.push((k, word));
+            } else {
+                k += 1;
+            }
+        }
+        w
+    };
+    for (end, word) in words {
+        if let Some(v) = SPELLED.iter().position(|&x| x == word) {
+            let (unit, _) = unit_after(&chars, end);
+            if MEASURES.contains(&unit.as_str()) {
+                out.push(((v + 1).to_string(), unit));
+            }
+        }
     }
     out.sort_unstable();
     out.dedup();
     out
 }
 
-/// Whether two texts' numbers contradict: both state numbers and share none
-/// ("rose 3.2% in October" against "rose 2.9% in November"). Embeddings and
-/// word overlap both see such sentences as near-identical; the numbers are
-/// what tells two different facts of one kind apart.
-pub fn numbers_contradict(a: &[String], b: &[String]) -> bool {
-    !a.is_empty() && !b.is_empty() && !a.iter().any(|x| b.contains(x))
+/// Numbers one to twelve, spelled out.
+const SPELLED: [&str; 12] = [
+    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+    "twelve",
+];
+
+/// Units of measure, as [`unit_after`] normalises them: a shared quantity of
+/// one of these ("4 km" and "four kilometres") is one fact.
+const MEASURES: &[&str] = &[
+    "kilometre",
+    "metre",
+    "mile",
+    "%",
+    "euro",
+    "dollar",
+    "tonne",
+    "hour",
+    "day",
+    "week",
+    "month",
+    "year",
+    "minute",
+];
+
+/// The unit after a number ending at `i`: the next word, lower-cased,
+/// singular and unabbreviated ("km" -> "kilometre", "per cent" -> "%"), or
+/// the next sign ("%"); a hyphen may join them ("four-kilometre").
+fn unit_after(chars: &[char], i: usize) -> (String, usize) {
+    let mut j = i;
+    while chars.get(j).is_some_and(|c| c.is_whitespace() || *c == '-') {
+        j += 1;
+    }
+    if !chars.get(j).is_some_and(|c| c.is_alphabetic()) {
+        return (chars.get(j).map(|c| c.to_string()).unwrap_or_default(), j);
+    }
+    let word: String = chars[j..]
+        .iter()
+        .take_while(|c| c.is_alphabetic())
+        .flat_map(|c| c.to_lowercase())
+        .collect();
+    let unit = match word.as_str() {
+        "km" | "kilometer" | "kilometers" | "kilometres" => "kilometre".to_string(),
+        "m" | "meter" | "meters" | "metres" => "metre".to_string(),
+        "percent" | "per" => "%".to_string(),
+        w if w.len() > 3 && w.ends_with('s') => w[..w.len() - 1].to_string(),
+        w => w.to_string(),
+    };
+    (unit, j)
 }
 
-/// The "same fact" rule: lexical similarity at or above [`SAME_FACT`], or
-/// (with embeddings) cosine at or above [`SEMANTIC_SAME_FACT`], and numbers
-/// that do not contradict.
-pub fn same_fact(lexical: f32, cosine: Option<f32>, numbers_a: &[String], numbers_b: &[String]) -> bool {
-    (lexical >= SAME_FACT || cosine.is_some_and(|c| c >= SEMANTIC_SAME_FACT))
+/// Whether two texts' numbers contradict: they count the same unit with
+/// different numbers ("rose 3.2% in October" against "rose 2.9% in
+/// November"). Embeddings and word overlap both see such sentences as
+/// near-identical; the numbers tell two facts of one kind apart. Numbers of
+/// different units ("4 km long", "shortly after 10 pm") say nothing either way.
+pub fn numbers_contradict(a: &[(String, String)], b: &[(String, String)]) -> bool {
+    fn of<'a>(x: &'a [(String, String)], unit: &str) -> Vec<&'a String> {
+        x.iter()
+            .filter(|(_, u)| u == unit)
+            .map(|(n, _)| n)
+            .collect()
+    }
+    a.iter().any(|(_, unit)| {
+        let (na, nb) = (of(a, unit), of(b, unit));
+        !nb.is_empty() && !na.iter().any(|n| nb.contains(n))
+    })
+}
+
+/// Whether a number is a specific figure ("3,700 residents", "250 km"): 10
+/// or more and not a year, so two texts sharing it most likely report one
+/// fact; small counts and years are shared by different facts, unless they
+/// measure the same unit ("4 km", "four kilometres").
+fn is_figure(n: &str) -> bool {
+    let v: f64 = n.parse().unwrap_or(0.0);
+    v >= 10.0 && !(n.len() == 4 && (1900.0..=2100.0).contains(&v))
+}
+
+/// Lexical similarity at or above which two texts state the same fact
+/// whatever their embeddings say (near-verbatim copies across outlets).
+pub const SAME_FACT_WITH_EMBEDDINGS: f32 = 0.5;
+
+/// Cosine at or above which two texts sharing a figure state the same fact.
+pub const SHARED_FIGURE_COSINE: f32 = 0.45;
+
+/// The "same fact" rule: lexical similarity at or above [`SAME_FACT`] (with
+/// embeddings: [`SAME_FACT_WITH_EMBEDDINGS`]), or cosine at or above
+/// [`SEMANTIC_SAME_FACT`], or a shared
+/// figure ([`is_figure`]) with related wording (lexical [`RELATED`] or
+/// cosine [`SHARED_FIGURE_COSINE`]); and numbers that do not contradict.
+pub fn same_fact(
+    lexical: f32,
+    cosine: Option<f32>,
+    numbers_a: &[(String, String)],
+    numbers_b: &[(String, String)],
+) -> bool {
+    let figure = numbers_a.iter().any(|(n, u)| {
+        numbers_b
+            .iter()
+            .any(|(m, v)| m == n && (is_figure(n) || (u == v && MEASURES.contains(&u.as_str()))))
+    });
+    let related = lexical >= RELATED || cosine.is_some_and(|c| c >= SHARED_FIGURE_COSINE);
+    // With embeddings, word overlap alone must be near-verbatim: the names
+    // a story repeats in every sentence make different facts overlap.
+    let lexical_threshold = if cosine.is_some() {
+        SAME_FACT_WITH_EMBEDDINGS
+    } else {
+        SAME_FACT
+    };
+    (lexical >= lexical_threshold
+        || cosine.is_some_and(|c| c >= SEMANTIC_SAME_FACT)
+        || (figure && related))
         && !numbers_contradict(numbers_a, numbers_b)
 }
 

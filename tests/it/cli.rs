@@ -281,6 +281,7 @@ fn a_closed_stdout_ends_translate_quietly() {
     let dir = TempDir::new("pipe");
     let model = fixture_model("marian-a");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_transum"))
+        .env("TRANSUM_EMBED_MODEL", "none")
         .args([
             "translate",
             "-",

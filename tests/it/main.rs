@@ -17,4 +17,5 @@ mod parity;
 mod quant;
 mod run;
 mod summary;
+mod summary_eval;
 mod units;

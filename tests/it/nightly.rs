@@ -181,6 +181,7 @@ fn a_run_killed_by_sigkill_resumes() {
     let mut args = run_args(model.to_str().unwrap());
     args[4] = "4"; // beam search: slower, so the kill lands mid-run
     let mut child = Command::new(env!("CARGO_BIN_EXE_transum"))
+        .env("TRANSUM_EMBED_MODEL", "none")
         .args(&args)
         .current_dir(dir.path())
         .env("HF_HUB_OFFLINE", "1")
@@ -229,6 +230,7 @@ fn two_runs_never_share_an_outputs_directory() {
     let mut args = run_args(model.to_str().unwrap());
     args.push("--wait");
     let mut child = Command::new(env!("CARGO_BIN_EXE_transum"))
+        .env("TRANSUM_EMBED_MODEL", "none")
         .args(&args)
         .current_dir(dir.path())
         .env("HF_HUB_OFFLINE", "1")

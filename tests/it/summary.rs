@@ -231,10 +231,7 @@ fn extractive_summary_states_each_fact_once_with_its_sources() {
 
 #[test]
 fn noise_and_off_topic_articles_contribute_nothing() {
-    for summary in [
-        extract(&articles(), 10_000),
-        extract(&articles(), 120),
-    ] {
+    for summary in [extract(&articles(), 10_000), extract(&articles(), 120)] {
         for s in &summary.sentences {
             for bad in [
                 "Rosenborg",
@@ -268,7 +265,11 @@ fn a_tight_budget_keeps_the_most_reported_facts() {
     // 20 words hold one sentence: a fact that at least three articles report.
     let summary = extract(&articles(), 20);
     assert_eq!(summary.sentences.len(), 1, "{:?}", summary.sentences);
-    assert!(summary.sentences[0].sources.len() >= 3, "{:?}", summary.sentences);
+    assert!(
+        summary.sentences[0].sources.len() >= 3,
+        "{:?}",
+        summary.sentences
+    );
     assert!(fact_of(&summary.sentences[0].text).is_some());
 }
 
@@ -393,4 +394,39 @@ fn abstractive_summaries_cite_sources_for_every_kept_sentence() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a summarizer"));
+}
+
+#[test]
+fn embed_model_loads_from_a_directory_and_is_named_when_missing_offline() {
+    let dir = TempDir::new("embed-model");
+    let bert = fixture_model("bert-a");
+    let mut args = vec![
+        "summarize".to_string(),
+        "--summarizer".into(),
+        "extractive".into(),
+        "--embed-model".into(),
+        bert.to_string_lossy().into_owned(),
+        "-o".into(),
+        "out".into(),
+    ];
+    args.extend(
+        article_paths()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned()),
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = transum(dir.path(), &refs, None);
+    assert_success(&out);
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["embed_model"], bert.to_string_lossy().as_ref());
+    assert!(json["semantic_threshold"].as_f64().is_some());
+    // The default model, offline and not cached: a setup error naming it and
+    // the way out.
+    let mut missing = refs.clone();
+    missing[4] = "sentence-transformers/all-MiniLM-L6-v2";
+    let out = transum(dir.path(), &missing, None);
+    crate::harness::assert_setup_error(&out, &["all-MiniLM-L6-v2", "transum download"]);
 }
