@@ -54,16 +54,16 @@ pub fn summarize(
     })
 }
 
-/// Provenance of chosen sentence `s`: the sentences holding a member of the
-/// groups of its own clauses (a same-fact match that average linkage kept
-/// out of a group is not trusted as a source, and the facts a clause is
-/// credited with for the no-repeat rule are a conservative guess), each with
-/// its best similarity to one of `s`'s clauses; best first.
+/// Provenance of chosen sentence `s`: the sentences holding a member of a
+/// fact it states in the strict reading of [`Facts::covered_by`] (its
+/// clauses' groups and the groups whose signature it uses), each with its
+/// best similarity to one of `s`'s clauses; best first.
 pub(crate) fn support(corpus: &Corpus, facts: &Facts, s: usize) -> Vec<(usize, f32)> {
     let own = corpus.sentences[s].units.clone();
-    let mut units: Vec<usize> = own
-        .clone()
-        .flat_map(|u| facts.groups[facts.group_of[u]].members.iter().copied())
+    let mut units: Vec<usize> = facts
+        .covered_by(corpus, s, false)
+        .into_iter()
+        .flat_map(|g| facts.groups[g].members.iter().copied())
         .chain(own.clone())
         .collect();
     units.sort_unstable();

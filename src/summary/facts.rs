@@ -34,6 +34,8 @@ const MIN_CLAUSE_WORDS: usize = 4;
 /// Connectives after a comma that open a new clause.
 const COMMA_CONNECTIVES: &[&str] = &[
     "and that ",
+    "which ",
+    "who ",
     "where ",
     "while ",
     "and ",
@@ -337,6 +339,17 @@ impl<'e> Corpus<'e> {
         Ok(())
     }
 
+    /// For each unit, whether its sentence can state a fact ([`states_fact`]);
+    /// every unit when no sentence of the corpus can (articles written as
+    /// bare lines), so that such a corpus is still summarized.
+    pub fn statements(&self) -> Vec<bool> {
+        let any = self.sentences.iter().any(|s| states_fact(&s.text));
+        self.units
+            .iter()
+            .map(|u| !any || states_fact(&self.sentences[u.sentence].text))
+            .collect()
+    }
+
     /// Unit similarities folded to their sentences, each keeping its best
     /// clause's; best first (provenance).
     pub fn by_sentence(&self, units: impl IntoIterator<Item = (usize, f32)>) -> Vec<(usize, f32)> {
@@ -353,31 +366,54 @@ impl<'e> Corpus<'e> {
     }
 
     /// The same-fact graph: for each unit, the other units stating the same
-    /// fact, ascending. Lexical candidates come from the index's sparse rows;
-    /// semantic ones from the embeddings' cosine rows.
-    pub fn same_fact_edges(&self) -> Result<Vec<Vec<usize>>> {
+    /// fact, ascending; and, with embeddings, the units whose cosine reaches
+    /// [`NEAR`] (with it), which average linkage sums. Lexical candidates come
+    /// from the index's sparse rows, semantic ones from the embeddings'
+    /// cosine rows; the rule decides. Headings and page chrome link only
+    /// among themselves: a heading ("Eruption in south-west Iceland") in a
+    /// fact's group would hold back the merges of the statements that report
+    /// it.
+    pub fn same_fact_edges(&self) -> Result<Graph> {
         let n = self.units.len();
-        // Candidates: units sharing a term, or with a cosine high enough
-        // for some branch of the rule; then the rule decides.
-        let mut adj: Vec<Vec<usize>> = (0..n)
+        let statement = self.statements();
+        let comparable = |a: usize, b: usize| {
+            a != b
+                && statement[a] == statement[b]
+                && !similarity::numbers_contradict(&self.numbers[a], &self.numbers[b])
+        };
+        let mut edges: Vec<Vec<usize>> = (0..n)
             .map(|a| self.index.row(a).into_iter().map(|(b, _)| b).collect())
             .collect();
-        let floor = SEMANTIC_SAME_FACT.min(similarity::SHARED_FIGURE_COSINE);
+        let mut near: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n];
+        let floor = SEMANTIC_SAME_FACT.min(NEAR);
         self.cosine_rows(|a, row| {
-            adj[a].extend(
-                row.iter()
-                    .enumerate()
-                    .filter(|&(_, &c)| c >= floor)
-                    .map(|(b, _)| b),
-            );
+            for (b, &c) in row.iter().enumerate() {
+                if c >= floor {
+                    edges[a].push(b);
+                    if c >= NEAR && comparable(a, b) {
+                        near[a].push((b, c));
+                    }
+                }
+            }
         })?;
-        for (a, list) in adj.iter_mut().enumerate() {
+        for (a, list) in edges.iter_mut().enumerate() {
             list.sort_unstable();
             list.dedup();
-            list.retain(|&b| b != a && self.same_fact(a, b));
+            list.retain(|&b| comparable(a, b) && self.same_fact(a, b));
         }
-        Ok(adj)
+        Ok(Graph { edges, near })
     }
+}
+
+/// Cosine from which a pair counts towards average linkage's mean.
+pub const NEAR: f32 = similarity::SHARED_FIGURE_COSINE;
+
+/// What [`Corpus::same_fact_edges`] finds.
+pub struct Graph {
+    /// Same-fact pairs, per unit, ascending.
+    pub edges: Vec<Vec<usize>>,
+    /// Pairs with cosine at or above [`NEAR`], per unit (with embeddings).
+    pub near: Vec<Vec<(usize, f32)>>,
 }
 
 /// Units stating one fact, across articles.
@@ -440,13 +476,65 @@ pub struct Facts {
     pub group_of: Vec<usize>,
     /// The same-fact graph ([`Corpus::same_fact_edges`]).
     pub edges: Vec<Vec<usize>>,
+    /// Each group's signature: the content terms (stems) most of its reports
+    /// use and other statements rarely do ("drone", "governor" for the gift
+    /// of drones; "khasan" for the route). A sentence using them states the
+    /// fact, whatever else it says.
+    pub signatures: Vec<Vec<String>>,
+    /// Term -> the groups whose signature holds it.
+    by_term: HashMap<String, Vec<usize>>,
+}
+
+/// The signatures of `groups` (see [`Facts::signatures`]): for a fact that
+/// two articles or more report, the terms at least half of its statement
+/// clauses (and two or more) contain, and that at most half as many
+/// statement clauses outside it contain.
+fn signatures(corpus: &Corpus, groups: &[Group], group_of: &[usize]) -> Vec<Vec<String>> {
+    let anchor = corpus.statements();
+    let mut inside: Vec<HashMap<String, usize>> = vec![HashMap::new(); groups.len()];
+    let mut total: HashMap<String, usize> = HashMap::new();
+    let mut anchors = vec![0usize; groups.len()];
+    for (u, unit) in corpus.units.iter().enumerate() {
+        if !anchor[u] {
+            continue;
+        }
+        anchors[group_of[u]] += 1;
+        let mut terms = similarity::terms(&unit.text);
+        terms.sort_unstable();
+        terms.dedup();
+        for t in terms {
+            *total.entry(t.clone()).or_default() += 1;
+            *inside[group_of[u]].entry(t).or_default() += 1;
+        }
+    }
+    groups
+        .iter()
+        .enumerate()
+        .map(|(g, group)| {
+            if group.articles.len() < 2 {
+                return Vec::new();
+            }
+            let need = anchors[g].div_ceil(2).max(2);
+            let mut sig: Vec<String> = inside[g]
+                .iter()
+                .filter(|&(t, &n)| n >= need && 2 * (total[t] - n) <= n)
+                .map(|(t, _)| t.clone())
+                .collect();
+            sig.sort_unstable();
+            sig
+        })
+        .collect()
 }
 
 impl Facts {
     /// Group the corpus' units by fact and rank the groups.
     pub fn new(corpus: &Corpus) -> Result<Self> {
-        let edges = corpus.same_fact_edges()?;
-        let clusters = average_linkage(&edges);
+        let Graph { edges, near } = corpus.same_fact_edges()?;
+        let clusters = average_linkage(
+            &edges,
+            &near,
+            corpus.semantic().then_some(SEMANTIC_SAME_FACT),
+        );
         let n = corpus.units.len();
         let mut cluster_of = vec![0; n];
         for (c, members) in clusters.iter().enumerate() {
@@ -459,11 +547,7 @@ impl Facts {
         // article states belongs to the story.
         // Only units that can state a fact count as anchors: noise relates
         // to other outlets' noise, never to the story.
-        let anchor: Vec<bool> = corpus
-            .units
-            .iter()
-            .map(|u| states_fact(&corpus.sentences[u.sentence].text))
-            .collect();
+        let anchor = corpus.statements();
         let elsewhere = |u: usize, v: usize| {
             anchor[v]
                 && corpus.article_of(v) != corpus.article_of(u)
@@ -499,8 +583,7 @@ impl Facts {
             RELATED
         };
         let single_article = corpus.articles() <= 1;
-        let whole = |u: usize| states_fact(&corpus.sentences[corpus.units[u].sentence].text);
-        let any_sentence = corpus.sentences.iter().any(|s| is_sentence(&s.text));
+        let whole = |u: usize| anchor[u];
         let mut groups: Vec<Group> = clusters
             .into_iter()
             .map(|members| {
@@ -534,7 +617,7 @@ impl Facts {
                     / members.len() as f32;
                 // Headings only: no sentence states the fact, unless the
                 // corpus has no sentences at all (articles as bare lines).
-                let stated = !any_sentence || whole(representative);
+                let stated = whole(representative);
                 let eligible =
                     stated && (single_article || articles.len() >= 2 || relevance >= related);
                 Group {
@@ -567,20 +650,49 @@ impl Facts {
                 group_of[m] = g;
             }
         }
+        let signatures = signatures(corpus, &groups, &group_of);
+        let mut by_term: HashMap<String, Vec<usize>> = HashMap::new();
+        for (g, sig) in signatures.iter().enumerate() {
+            for t in sig {
+                by_term.entry(t.clone()).or_default().push(g);
+            }
+        }
         Ok(Facts {
             groups,
             group_of,
             edges,
+            signatures,
+            by_term,
         })
     }
 
-    /// The facts sentence `s` states: the groups of its clauses, and any
-    /// group at least half of whose members one of its clauses restates (a
-    /// clause that joins two facts belongs to one group, but states both).
-    pub fn covered_by(&self, corpus: &Corpus, s: usize) -> Vec<usize> {
+    /// The facts sentence `s` states: the groups of its clauses; any group
+    /// whose signature it uses (two of its terms, or its one term); and,
+    /// when `loose`, any group at least half of whose members one of its
+    /// clauses restates. A clause that joins two facts belongs to one group,
+    /// but states both. The loose reading guards against repeats; the strict
+    /// one gives provenance.
+    pub fn covered_by(&self, corpus: &Corpus, s: usize, loose: bool) -> Vec<usize> {
         let mut out: Vec<usize> = Vec::new();
+        let mut terms = similarity::terms(&corpus.sentences[s].text);
+        terms.sort_unstable();
+        terms.dedup();
+        let mut hits: HashMap<usize, usize> = HashMap::new();
+        for t in &terms {
+            for &g in self.by_term.get(t).map(Vec::as_slice).unwrap_or_default() {
+                *hits.entry(g).or_default() += 1;
+            }
+        }
+        for (g, n) in hits {
+            if n >= self.signatures[g].len().min(2) {
+                out.push(g);
+            }
+        }
         for u in corpus.sentences[s].units.clone() {
             out.push(self.group_of[u]);
+            if !loose {
+                continue;
+            }
             let mut links: HashMap<usize, usize> = HashMap::new();
             for &v in &self.edges[u] {
                 *links.entry(self.group_of[v]).or_default() += 1;
@@ -600,8 +712,8 @@ impl Facts {
 /// A candidate merge of two clusters in [`average_linkage`].
 #[derive(PartialEq)]
 struct Merge {
-    /// Same-fact pairs across the two clusters / all pairs across them.
-    ratio: f64,
+    /// How strongly the clusters belong together (see [`Link::score`]).
+    score: f64,
     a: usize,
     b: usize,
     versions: (u32, u32),
@@ -611,11 +723,11 @@ impl Eq for Merge {}
 
 impl Ord for Merge {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        // Highest ratio first; ties to the lower cluster ids (determinism).
-        self.ratio.total_cmp(&other.ratio).then_with(|| {
-            (other.a.min(other.b), other.a.max(other.b))
-                .cmp(&(self.a.min(self.b), self.a.max(self.b)))
-        })
+        // Highest score first; ties to the lower cluster ids (determinism).
+        let key = |m: &Merge| (m.a.min(m.b), m.a.max(m.b));
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| key(other).cmp(&key(self)))
     }
 }
 
@@ -625,46 +737,75 @@ impl PartialOrd for Merge {
     }
 }
 
-/// Average-linkage clustering of a graph's nodes: start from singletons and
-/// repeatedly merge the two clusters with the largest share of linked pairs
-/// across them, while that share is more than one half. Pair counts between
+/// What two clusters share: same-fact pairs, and the sum of the cosines of
+/// their near pairs.
+#[derive(Clone, Copy, Default)]
+struct Link {
+    same: u32,
+    cosine: f64,
+}
+
+impl Link {
+    /// Whether clusters of `pairs` unit pairs across them merge: more than
+    /// half of the pairs state the same fact, or (with embeddings) their
+    /// mean cosine reaches `tau`, pairs below [`NEAR`] counting as 0. The
+    /// score orders merges: the larger of the two, each against its bar.
+    fn score(&self, pairs: f64, tau: Option<f32>) -> Option<f64> {
+        let share = f64::from(self.same) / pairs;
+        let mean = tau.map_or(0.0, |t| self.cosine / pairs / f64::from(t) * 0.5);
+        let score = share.max(mean);
+        (score > 0.5 || (tau.is_some() && mean >= 0.5)).then_some(score)
+    }
+}
+
+/// Average-linkage clustering of units: start from singletons and
+/// repeatedly merge the two clusters that belong together most (see
+/// [`Link::score`]), until no two do. Pair counts and cosine sums between
 /// clusters are kept in maps and candidate merges in a heap (stale entries
-/// are skipped by version), so the cost follows the edges, not n².
+/// are skipped by version), so the cost follows the graph, not n².
 /// Returns the clusters, each ascending, ordered by their first member.
-pub fn average_linkage(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
+pub fn average_linkage(
+    edges: &[Vec<usize>],
+    near: &[Vec<(usize, f32)>],
+    tau: Option<f32>,
+) -> Vec<Vec<usize>> {
     let n = edges.len();
     let mut members: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
     let mut version = vec![0u32; n];
-    let mut links: Vec<HashMap<usize, u32>> = edges
-        .iter()
-        .enumerate()
-        .map(|(i, e)| e.iter().filter(|&&j| j != i).map(|&j| (j, 1)).collect())
-        .collect();
-    // Count an edge once even if only one side lists it.
+    let mut links: Vec<HashMap<usize, Link>> = vec![HashMap::new(); n];
+    // Each pair once, whichever side lists it.
     for (i, e) in edges.iter().enumerate() {
         for &j in e {
             if j != i {
-                links[j].entry(i).or_insert(1);
+                links[i].entry(j).or_default().same = 1;
+                links[j].entry(i).or_default().same = 1;
+            }
+        }
+    }
+    for (i, e) in near.iter().enumerate() {
+        for &(j, c) in e {
+            if j != i {
+                links[i].entry(j).or_default().cosine = f64::from(c);
+                links[j].entry(i).or_default().cosine = f64::from(c);
             }
         }
     }
     let mut heap = BinaryHeap::new();
     for (i, l) in links.iter().enumerate() {
-        for &j in l.keys() {
+        for (&j, link) in l {
             if i < j {
-                heap.push(Merge {
-                    ratio: 1.0,
-                    a: i,
-                    b: j,
-                    versions: (0, 0),
-                });
+                if let Some(score) = link.score(1.0, tau) {
+                    heap.push(Merge {
+                        score,
+                        a: i,
+                        b: j,
+                        versions: (0, 0),
+                    });
+                }
             }
         }
     }
     while let Some(m) = heap.pop() {
-        if m.ratio <= 0.5 {
-            break;
-        }
         let (a, b) = (m.a, m.b);
         if members[a].is_empty() || members[b].is_empty() || (version[a], version[b]) != m.versions
         {
@@ -677,25 +818,28 @@ pub fn average_linkage(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
         };
         let gone_links = std::mem::take(&mut links[gone]);
         links[keep].remove(&gone);
-        for (x, c) in gone_links {
+        for (x, l) in gone_links {
             if x == keep {
                 continue;
             }
-            *links[keep].entry(x).or_insert(0) += c;
+            let k = links[keep].entry(x).or_default();
+            k.same += l.same;
+            k.cosine += l.cosine;
             let lx = &mut links[x];
-            let moved = lx.remove(&gone).unwrap_or(0);
-            *lx.entry(keep).or_insert(0) += moved;
+            let moved = lx.remove(&gone).unwrap_or_default();
+            let k = lx.entry(keep).or_default();
+            k.same += moved.same;
+            k.cosine += moved.cosine;
         }
         let moved = std::mem::take(&mut members[gone]);
         members[keep].extend(moved);
         version[keep] += 1;
         version[gone] += 1;
         let size = members[keep].len() as f64;
-        for (&x, &c) in &links[keep] {
-            let ratio = f64::from(c) / (size * members[x].len() as f64);
-            if ratio > 0.5 {
+        for (&x, link) in &links[keep] {
+            if let Some(score) = link.score(size * members[x].len() as f64, tau) {
                 heap.push(Merge {
-                    ratio,
+                    score,
                     a: keep,
                     b: x,
                     versions: (version[keep], version[x]),

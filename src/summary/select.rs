@@ -18,7 +18,7 @@
 //! `extractive` (a word budget) and `abstractive` (the model's token window).
 
 use super::facts::{Corpus, Facts};
-use super::{is_sentence, states_fact, word_count, LeftOut};
+use super::{word_count, LeftOut};
 use crate::error::Result;
 
 /// What [`select`] chose.
@@ -40,8 +40,8 @@ pub fn select(
 ) -> Result<Selection> {
     let n = corpus.sentences.len();
     let groups = &facts.groups;
-    let any_sentence = corpus.sentences.iter().any(|s| is_sentence(&s.text));
-    let covers: Vec<Vec<usize>> = (0..n).map(|s| facts.covered_by(corpus, s)).collect();
+    let statement = corpus.statements();
+    let covers: Vec<Vec<usize>> = (0..n).map(|s| facts.covered_by(corpus, s, true)).collect();
     let weight: Vec<f64> = covers
         .iter()
         .map(|c| c.iter().map(|&g| groups[g].weight()).sum())
@@ -53,7 +53,7 @@ pub fn select(
         .collect();
     // Candidates: statements stating at least one eligible fact.
     let candidates: Vec<usize> = (0..n)
-        .filter(|&s| !any_sentence || states_fact(&corpus.sentences[s].text))
+        .filter(|&s| statement[corpus.sentences[s].units.start])
         .filter(|&s| weight[s] > 0.0)
         .collect();
     // The chosen sentence `s` would repeat a fact of, if any: a fact both

@@ -40,7 +40,7 @@ pub const SUPPORTS: f32 = 0.25;
 
 /// Embedding cosine at or above which two texts state the same fact (with a
 /// sentence encoder; calibrated for all-MiniLM-L6-v2, see the module doc).
-pub const SEMANTIC_SAME_FACT: f32 = 0.62;
+pub const SEMANTIC_SAME_FACT: f32 = 0.65;
 
 /// Cosine below which a fact is unrelated to every other fact of the corpus
 /// (noise, off-topic), with a sentence encoder; see [`RELATED`].

@@ -339,7 +339,14 @@ fn translate_picks_the_model_of_its_input() {
 fn summary_lang_translates_the_summary_and_keeps_its_sources() {
     use crate::harness::{assert_success, fixture_model, transum, TempDir};
     let dir = TempDir::new("summary-lang");
-    crate::run::copy_corpus(&dir.path().join("corpus"));
+    // English articles pass through untranslated, so the summary has real
+    // sentences to translate (random-weight translations state no fact).
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for e in std::fs::read_dir(crate::harness::repo().join("tests/fixtures/summary")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), corpus.join(e.file_name())).unwrap();
+    }
     let stand_in = fixture_model("marian-b");
     let args = [
         "run",

@@ -430,3 +430,80 @@ fn embed_model_loads_from_a_directory_and_is_named_when_missing_offline() {
     let out = transum(dir.path(), &missing, None);
     crate::harness::assert_setup_error(&out, &["all-MiniLM-L6-v2", "transum download"]);
 }
+
+#[test]
+fn average_linkage_never_chains_different_facts() {
+    use transum::summary::facts::average_linkage;
+    // A~B and B~C, but A and C state different facts: B joins one of them,
+    // A and C never share a group.
+    let chain = vec![vec![1], vec![0, 2], vec![1]];
+    let groups = average_linkage(&chain, &[vec![], vec![], vec![]], None);
+    assert!(
+        groups.iter().all(|g| !(g.contains(&0) && g.contains(&2))),
+        "{groups:?}"
+    );
+    // Four restatements, each linked to the others: one group.
+    let clique: Vec<Vec<usize>> = (0..4)
+        .map(|i| (0..4).filter(|&j| j != i).collect())
+        .collect();
+    assert_eq!(
+        average_linkage(&clique, &vec![vec![]; 4], None),
+        vec![vec![0, 1, 2, 3]]
+    );
+    // With embeddings, a pair below the same-fact line joins a group when
+    // its mean cosine to the members reaches tau.
+    let near = vec![vec![(2, 0.8)], vec![(2, 0.7)], vec![(0, 0.8), (1, 0.7)]];
+    let two = vec![vec![1], vec![0], vec![]];
+    assert_eq!(average_linkage(&two, &near, Some(0.7)), vec![vec![0, 1, 2]]);
+    assert_eq!(
+        average_linkage(&two, &near, Some(0.8)),
+        vec![vec![0, 1], vec![2]]
+    );
+}
+
+#[test]
+fn clauses_numbers_and_reader_address() {
+    use transum::summary::facts::clauses;
+    use transum::summary::similarity::{numbers, numbers_contradict, same_fact};
+    assert_eq!(
+        clauses("The highlight was the summit at the Vostochny cosmodrome, where the two leaders exchanged rifles and Putin accepted an invitation to North Korea."),
+        [
+            "The highlight was the summit at the Vostochny cosmodrome",
+            "where the two leaders exchanged rifles",
+            "and Putin accepted an invitation to North Korea."
+        ]
+    );
+    // "Kim and Putin" is not two clauses.
+    assert_eq!(clauses("Kim and Putin met on Wednesday.").len(), 1);
+    // Units normalised; spelled-out counts of a unit of measure.
+    assert_eq!(numbers("a crack 4 km long"), numbers("four kilometres"));
+    assert!(numbers_contradict(
+        &numbers("Inflation slowed to 3.2% in October."),
+        &numbers("Inflation slowed to 2.9% in November.")
+    ));
+    assert!(!numbers_contradict(
+        &numbers("shortly after 10 pm, a crack 4 km long"),
+        &numbers("The fissure is four kilometres long.")
+    ));
+    // A shared figure in related wording is one fact; contradicting numbers
+    // never are, however alike the words.
+    let (a, b) = (
+        numbers("3,700 residents were evacuated"),
+        numbers("home to 3 700 people"),
+    );
+    assert!(same_fact(0.2, None, &a, &b));
+    assert!(!same_fact(
+        0.9,
+        Some(0.95),
+        &numbers("rose 3.2%"),
+        &numbers("rose 2.9%")
+    ));
+    // Page chrome that addresses the reader states no fact; a quote may.
+    use transum::summary::states_fact;
+    assert!(!states_fact("Your email address will not be published."));
+    assert!(!states_fact("Sign up for our weekly briefing."));
+    assert!(!states_fact("Do you have photos of the eruption?"));
+    assert!(states_fact(
+        "\"We will rebuild the town,\" the mayor said on Monday."
+    ));
+}

@@ -237,7 +237,7 @@ fn lexical_summary_of_the_eval_stories_meets_its_floors() {
         ("kim-visit", _) => Floors {
             covered2: 17,
             covered3: 11,
-            twice: 4,
+            twice: 2,
             leaks: 0,
             bad_provenance: 0,
         },
@@ -285,29 +285,29 @@ fn minilm() -> SentenceEncoder {
 fn real_minilm_summary_of_the_eval_stories_meets_its_floors() {
     let enc = minilm();
     // The goal is every fact three articles report within 300 words, and no
-    // fact twice: coverage meets it, repeats do not yet (see issue 15).
+    // fact twice: coverage meets it; a few repeats remain (see issue 15).
     evaluate(
         "MiniLM ",
         Some(&enc),
         &|story, words| match (story, words) {
             ("kim-visit", 150) => Floors {
-                covered2: 14,
-                covered3: 13,
+                covered2: 13,
+                covered3: 12,
                 twice: 0,
                 leaks: 0,
-                bad_provenance: 1,
+                bad_provenance: 0,
             },
             ("kim-visit", _) => Floors {
-                covered2: 17,
+                covered2: 19,
                 covered3: 13,
                 twice: 2,
                 leaks: 0,
-                bad_provenance: 1,
+                bad_provenance: 0,
             },
             _ => Floors {
                 covered2: 9,
                 covered3: 7,
-                twice: 2,
+                twice: 1,
                 leaks: 0,
                 bad_provenance: 0,
             },
