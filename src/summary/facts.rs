@@ -483,6 +483,9 @@ pub struct Facts {
     pub signatures: Vec<Vec<String>>,
     /// Term -> the groups whose signature holds it.
     by_term: HashMap<String, Vec<usize>>,
+    /// Each sentence's details: its distinctive terms ([`distinctive_terms`])
+    /// that two articles or more use, with the number of those articles.
+    pub details: Vec<Vec<(String, usize)>>,
 }
 
 /// The signatures of `groups` (see [`Facts::signatures`]): for a fact that
@@ -535,6 +538,9 @@ impl Facts {
             &near,
             corpus.semantic().then_some(SEMANTIC_SAME_FACT),
         );
+        let statement = corpus.statements();
+        let distinctive = distinctive_terms(corpus, &statement);
+        let clusters = adopt_strays(corpus, clusters, &near, &statement, &distinctive);
         let n = corpus.units.len();
         let mut cluster_of = vec![0; n];
         for (c, members) in clusters.iter().enumerate() {
@@ -657,12 +663,38 @@ impl Facts {
                 by_term.entry(t.clone()).or_default().push(g);
             }
         }
+        let mut term_articles: HashMap<&str, std::collections::BTreeSet<usize>> = HashMap::new();
+        for (u, ts) in distinctive.iter().enumerate() {
+            for t in ts {
+                term_articles
+                    .entry(t)
+                    .or_default()
+                    .insert(corpus.article_of(u));
+            }
+        }
+        let details = corpus
+            .sentences
+            .iter()
+            .map(|sent| {
+                let mut d: Vec<(String, usize)> = sent
+                    .units
+                    .clone()
+                    .flat_map(|u| distinctive[u].iter())
+                    .map(|t| (t.clone(), term_articles[t.as_str()].len()))
+                    .filter(|&(_, a)| a >= 2)
+                    .collect();
+                d.sort_unstable();
+                d.dedup();
+                d
+            })
+            .collect();
         Ok(Facts {
             groups,
             group_of,
             edges,
             signatures,
             by_term,
+            details,
         })
     }
 
@@ -707,6 +739,128 @@ impl Facts {
         out.dedup();
         out
     }
+}
+
+/// Terms that mark one fact rather than the story: a term the statements of
+/// an article use about once (a fact is stated about once per article),
+/// unlike the story's names, which recur in every other sentence. Returns
+/// each statement unit's distinctive terms.
+fn distinctive_terms(corpus: &Corpus, statement: &[bool]) -> Vec<Vec<String>> {
+    let terms: Vec<Vec<String>> = corpus
+        .units
+        .iter()
+        .zip(statement)
+        .map(|(u, &st)| {
+            if !st {
+                return Vec::new();
+            }
+            let mut t = similarity::terms(&u.text);
+            t.sort_unstable();
+            t.dedup();
+            t
+        })
+        .collect();
+    let mut units: HashMap<&str, usize> = HashMap::new();
+    let mut articles: HashMap<&str, std::collections::BTreeSet<usize>> = HashMap::new();
+    for (u, ts) in terms.iter().enumerate() {
+        for t in ts {
+            *units.entry(t).or_default() += 1;
+            articles.entry(t).or_default().insert(corpus.article_of(u));
+        }
+    }
+    terms
+        .iter()
+        .map(|ts| {
+            ts.iter()
+                .filter(|t| units[t.as_str()] <= 2 * articles[t.as_str()].len())
+                .cloned()
+                .collect()
+        })
+        .collect()
+}
+
+/// A statement that average linkage left alone, though it reports a fact
+/// of several articles in other words and with other details ("Governor
+/// Kozhemyako presented five explosive drones" beside "received explosive
+/// drones and body armour from the governor"), joins that fact's cluster
+/// when it resembles its members (mean cosine at least [`NEAR`], pairs below
+/// it counting as 0) and shares two or more of the distinctive terms
+/// ([`distinctive_terms`]) that at least half of them use. Only with
+/// embeddings; the best such cluster wins.
+fn adopt_strays(
+    corpus: &Corpus,
+    mut clusters: Vec<Vec<usize>>,
+    near: &[Vec<(usize, f32)>],
+    statement: &[bool],
+    terms: &[Vec<String>],
+) -> Vec<Vec<usize>> {
+    if !corpus.semantic() {
+        return clusters;
+    }
+    let mut cluster_of = vec![0; corpus.units.len()];
+    for (c, members) in clusters.iter().enumerate() {
+        for &m in members {
+            cluster_of[m] = c;
+        }
+    }
+    // The distinctive terms half of a multi-article cluster's members use.
+    let shared: Vec<Vec<&String>> = clusters
+        .iter()
+        .map(|members| {
+            let arts: std::collections::BTreeSet<usize> =
+                members.iter().map(|&m| corpus.article_of(m)).collect();
+            if arts.len() < 2 {
+                return Vec::new();
+            }
+            let mut count: HashMap<&String, usize> = HashMap::new();
+            for &m in members {
+                for t in &terms[m] {
+                    *count.entry(t).or_default() += 1;
+                }
+            }
+            let need = members.len().div_ceil(2).max(2);
+            let mut v: Vec<&String> = count
+                .into_iter()
+                .filter(|&(_, c)| c >= need)
+                .map(|(t, _)| t)
+                .collect();
+            v.sort_unstable();
+            v
+        })
+        .collect();
+    let mut moves: Vec<(usize, usize)> = Vec::new(); // (unit, cluster)
+    for (c, members) in clusters.iter().enumerate() {
+        let &[u] = members.as_slice() else { continue };
+        if !statement[u] {
+            continue;
+        }
+        let mut sums: HashMap<usize, f32> = HashMap::new();
+        for &(v, cos) in &near[u] {
+            *sums.entry(cluster_of[v]).or_default() += cos;
+        }
+        let best = sums
+            .into_iter()
+            .filter(|&(d, _)| d != c && !shared[d].is_empty())
+            .map(|(d, sum)| (d, sum / clusters[d].len() as f32))
+            .filter(|&(d, mean)| {
+                mean >= NEAR && shared[d].iter().filter(|t| terms[u].contains(t)).count() >= 2
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        if let Some((d, _)) = best {
+            moves.push((u, d));
+        }
+    }
+    for (u, d) in moves {
+        let from = cluster_of[u];
+        clusters[from].clear();
+        clusters[d].push(u);
+    }
+    clusters.retain(|m| !m.is_empty());
+    for m in &mut clusters {
+        m.sort_unstable();
+    }
+    clusters.sort_by_key(|m| m[0]);
+    clusters
 }
 
 /// A candidate merge of two clusters in [`average_linkage`].

@@ -21,6 +21,10 @@ use super::facts::{Corpus, Facts};
 use super::{word_count, LeftOut};
 use crate::error::Result;
 
+/// Worth of a detail (see `select`) per article beyond the first that uses
+/// it; a fact is worth 1 per article.
+const DETAIL: f64 = 0.2;
+
 /// What [`select`] chose.
 pub struct Selection {
     /// Chosen sentences, in story order.
@@ -69,11 +73,47 @@ pub fn select(
                 })
         })
     };
-    let ratio = |s: usize| weight[s] / words[s];
-    let better = |a: usize, b: usize| {
-        ratio(a)
-            .total_cmp(&ratio(b))
-            .then(weight[a].total_cmp(&weight[b]))
+    // Details, the secondary concepts: a distinctive term two or more
+    // articles use ("bulletproof vest") is worth a little, once, so that
+    // of two sentences stating the same facts the one with more of what
+    // the articles report wins (ICSI's concepts are such terms).
+    let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let details: Vec<Vec<(usize, f64)>> = facts
+        .details
+        .iter()
+        .map(|d| {
+            d.iter()
+                .map(|(t, a)| {
+                    let next = ids.len();
+                    let id = *ids.entry(t.as_str()).or_insert(next);
+                    (id, DETAIL * (*a as f64 - 1.0))
+                })
+                .collect()
+        })
+        .collect();
+    let terms = ids.len();
+    let have = |chosen: &[usize]| -> Vec<bool> {
+        let mut h = vec![false; terms];
+        for &c in chosen {
+            for &(t, _) in &details[c] {
+                h[t] = true;
+            }
+        }
+        h
+    };
+    let value = |s: usize, have: &[bool]| -> f64 {
+        weight[s]
+            + details[s]
+                .iter()
+                .filter(|&&(t, _)| !have[t])
+                .map(|&(_, w)| w)
+                .sum::<f64>()
+    };
+    let better = |a: usize, b: usize, have: &[bool]| {
+        let (va, vb) = (value(a, have), value(b, have));
+        (va / words[a])
+            .total_cmp(&(vb / words[b]))
+            .then(va.total_cmp(&vb))
             .then(
                 corpus
                     .relative_position(b)
@@ -96,11 +136,12 @@ pub fn select(
         // Fill: the most uncovered weight per word that fits.
         let mut tried = vec![false; n];
         loop {
+            let h = have(&chosen);
             let best = candidates
                 .iter()
                 .copied()
                 .filter(|&s| !tried[s] && conflict(s, &chosen).is_none())
-                .max_by(|&a, &b| better(a, b));
+                .max_by(|&a, &b| better(a, b, &h));
             let Some(s) = best else { break };
             tried[s] = true;
             if let Some(t) = trial(&chosen, s)? {
@@ -112,12 +153,13 @@ pub fn select(
         'swap: for i in 0..chosen.len() {
             let c = chosen[i];
             let others: Vec<usize> = chosen.iter().copied().filter(|&x| x != c).collect();
+            let h = have(&others);
             let mut options: Vec<usize> = candidates
                 .iter()
                 .copied()
-                .filter(|&s| weight[s] > weight[c] + 1e-9 && conflict(s, &others).is_none())
+                .filter(|&s| value(s, &h) > value(c, &h) + 1e-9 && conflict(s, &others).is_none())
                 .collect();
-            options.sort_by(|&a, &b| weight[b].total_cmp(&weight[a]).then(better(b, a)));
+            options.sort_by(|&a, &b| value(b, &h).total_cmp(&value(a, &h)).then(better(b, a, &h)));
             for s in options {
                 if let Some(t) = trial(&others, s)? {
                     chosen = t;

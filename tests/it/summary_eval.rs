@@ -228,18 +228,18 @@ fn lexical_summary_of_the_eval_stories_meets_its_floors() {
     // repeats; "Monday" lets one off-topic sentence through.
     evaluate("lexical", None, &|story, words| match (story, words) {
         ("kim-visit", 150) => Floors {
-            covered2: 13,
-            covered3: 10,
+            covered2: 12,
+            covered3: 9,
             twice: 1,
             leaks: 0,
             bad_provenance: 0,
         },
         ("kim-visit", _) => Floors {
-            covered2: 17,
-            covered3: 11,
+            covered2: 20,
+            covered3: 13,
             twice: 2,
             leaks: 0,
-            bad_provenance: 0,
+            bad_provenance: 1,
         },
         _ => Floors {
             covered2: 9,
@@ -291,16 +291,16 @@ fn real_minilm_summary_of_the_eval_stories_meets_its_floors() {
         Some(&enc),
         &|story, words| match (story, words) {
             ("kim-visit", 150) => Floors {
-                covered2: 13,
+                covered2: 14,
                 covered3: 12,
                 twice: 0,
                 leaks: 0,
                 bad_provenance: 0,
             },
             ("kim-visit", _) => Floors {
-                covered2: 19,
+                covered2: 20,
                 covered3: 13,
-                twice: 2,
+                twice: 1,
                 leaks: 0,
                 bad_provenance: 0,
             },
