@@ -132,6 +132,10 @@ pub struct Corpus<'e> {
     /// Lexical vectors of the units.
     pub index: SimilarityIndex,
     numbers: Vec<Vec<(String, String)>>,
+    /// Each unit's content terms (stems), sorted, once each.
+    terms: Vec<Vec<String>>,
+    /// Whether each unit can state a fact (see [`Corpus::statements`]).
+    statement: Vec<bool>,
     /// Unit embeddings, row-major, L2-normalised (with an encoder).
     embeddings: Option<Vec<f32>>,
     dim: usize,
@@ -214,6 +218,20 @@ impl<'e> Corpus<'e> {
         let texts: Vec<&str> = units.iter().map(|u| u.text.as_str()).collect();
         let index = SimilarityIndex::new(&texts);
         let numbers = texts.iter().map(|t| similarity::numbers(t)).collect();
+        let terms = texts
+            .iter()
+            .map(|t| {
+                let mut v = similarity::terms(t);
+                v.sort_unstable();
+                v.dedup();
+                v
+            })
+            .collect();
+        let any = sentences.iter().any(|s| states_fact(&s.text));
+        let statement = units
+            .iter()
+            .map(|u| !any || states_fact(&sentences[u.sentence].text))
+            .collect();
         let (embeddings, dim) = match encoder {
             Some(e) => (Some(e.embed(&texts, 64)?.concat()), e.dim()),
             None => (None, 0),
@@ -225,6 +243,8 @@ impl<'e> Corpus<'e> {
             counts,
             index,
             numbers,
+            terms,
+            statement,
             embeddings,
             dim,
             encoder,
@@ -342,12 +362,13 @@ impl<'e> Corpus<'e> {
     /// For each unit, whether its sentence can state a fact ([`states_fact`]);
     /// every unit when no sentence of the corpus can (articles written as
     /// bare lines), so that such a corpus is still summarized.
-    pub fn statements(&self) -> Vec<bool> {
-        let any = self.sentences.iter().any(|s| states_fact(&s.text));
-        self.units
-            .iter()
-            .map(|u| !any || states_fact(&self.sentences[u.sentence].text))
-            .collect()
+    pub fn statements(&self) -> &[bool] {
+        &self.statement
+    }
+
+    /// The content terms (stems) of unit `u`, sorted, once each.
+    pub fn terms(&self, u: usize) -> &[String] {
+        &self.terms[u]
     }
 
     /// Unit similarities folded to their sentences, each keeping its best
@@ -425,7 +446,8 @@ pub struct Group {
     pub articles: Vec<usize>,
     /// The member most similar to the others (whole sentences first).
     pub representative: usize,
-    /// Highest lexical similarity of a member to another article's units.
+    /// Highest similarity of a member to another fact's statements in
+    /// another article (cosine with embeddings, else lexical).
     pub relevance: f32,
     /// Mean relative position of the members' sentences (story order).
     pub position: f32,
@@ -497,17 +519,14 @@ fn signatures(corpus: &Corpus, groups: &[Group], group_of: &[usize]) -> Vec<Vec<
     let mut inside: Vec<HashMap<String, usize>> = vec![HashMap::new(); groups.len()];
     let mut total: HashMap<String, usize> = HashMap::new();
     let mut anchors = vec![0usize; groups.len()];
-    for (u, unit) in corpus.units.iter().enumerate() {
+    for u in 0..corpus.units.len() {
         if !anchor[u] {
             continue;
         }
         anchors[group_of[u]] += 1;
-        let mut terms = similarity::terms(&unit.text);
-        terms.sort_unstable();
-        terms.dedup();
-        for t in terms {
+        for t in corpus.terms(u) {
             *total.entry(t.clone()).or_default() += 1;
-            *inside[group_of[u]].entry(t).or_default() += 1;
+            *inside[group_of[u]].entry(t.clone()).or_default() += 1;
         }
     }
     groups
@@ -538,9 +557,9 @@ impl Facts {
             &near,
             corpus.semantic().then_some(SEMANTIC_SAME_FACT),
         );
-        let statement = corpus.statements();
-        let distinctive = distinctive_terms(corpus, &statement);
-        let clusters = adopt_strays(corpus, clusters, &near, &statement, &distinctive);
+        let anchor = corpus.statements();
+        let distinctive = distinctive_terms(corpus);
+        let clusters = adopt_strays(corpus, clusters, &near, &distinctive);
         let n = corpus.units.len();
         let mut cluster_of = vec![0; n];
         for (c, members) in clusters.iter().enumerate() {
@@ -553,27 +572,15 @@ impl Facts {
         // article states belongs to the story.
         // Only units that can state a fact count as anchors: noise relates
         // to other outlets' noise, never to the story.
-        let anchor = corpus.statements();
         let elsewhere = |u: usize, v: usize| {
             anchor[v]
                 && corpus.article_of(v) != corpus.article_of(u)
                 && cluster_of[v] != cluster_of[u]
         };
-        let mut relevance: Vec<f32> = (0..n)
-            .map(|u| {
-                corpus
-                    .index
-                    .row(u)
-                    .into_iter()
-                    .filter(|&(v, _)| elsewhere(u, v))
-                    .map(|(_, sim)| sim)
-                    .fold(0.0, f32::max)
-            })
-            .collect();
         // With embeddings, relevance is semantic: word overlap is fooled by
         // a shared "Monday" and misses a related fact in other words.
+        let mut relevance = vec![0f32; n];
         if corpus.semantic() {
-            relevance.iter_mut().for_each(|r| *r = 0.0);
             corpus.cosine_rows(|u, row| {
                 relevance[u] = row
                     .iter()
@@ -582,6 +589,16 @@ impl Facts {
                     .map(|(_, &c)| c)
                     .fold(0.0, f32::max);
             })?;
+        } else {
+            for (u, r) in relevance.iter_mut().enumerate() {
+                *r = corpus
+                    .index
+                    .row(u)
+                    .into_iter()
+                    .filter(|&(v, _)| elsewhere(u, v))
+                    .map(|(_, sim)| sim)
+                    .fold(0.0, f32::max);
+            }
         }
         let related = if corpus.semantic() {
             SEMANTIC_RELATED
@@ -706,11 +723,15 @@ impl Facts {
     /// one gives provenance.
     pub fn covered_by(&self, corpus: &Corpus, s: usize, loose: bool) -> Vec<usize> {
         let mut out: Vec<usize> = Vec::new();
-        let mut terms = similarity::terms(&corpus.sentences[s].text);
+        let mut terms: Vec<&String> = corpus.sentences[s]
+            .units
+            .clone()
+            .flat_map(|u| corpus.terms(u))
+            .collect();
         terms.sort_unstable();
         terms.dedup();
         let mut hits: HashMap<usize, usize> = HashMap::new();
-        for t in &terms {
+        for t in terms {
             for &g in self.by_term.get(t).map(Vec::as_slice).unwrap_or_default() {
                 *hits.entry(g).or_default() += 1;
             }
@@ -745,24 +766,14 @@ impl Facts {
 /// an article use about once (a fact is stated about once per article),
 /// unlike the story's names, which recur in every other sentence. Returns
 /// each statement unit's distinctive terms.
-fn distinctive_terms(corpus: &Corpus, statement: &[bool]) -> Vec<Vec<String>> {
-    let terms: Vec<Vec<String>> = corpus
-        .units
-        .iter()
-        .zip(statement)
-        .map(|(u, &st)| {
-            if !st {
-                return Vec::new();
-            }
-            let mut t = similarity::terms(&u.text);
-            t.sort_unstable();
-            t.dedup();
-            t
-        })
+fn distinctive_terms(corpus: &Corpus) -> Vec<Vec<String>> {
+    let statement = corpus.statements();
+    let terms: Vec<&[String]> = (0..corpus.units.len())
+        .map(|u| if statement[u] { corpus.terms(u) } else { &[] })
         .collect();
     let mut units: HashMap<&str, usize> = HashMap::new();
     let mut articles: HashMap<&str, std::collections::BTreeSet<usize>> = HashMap::new();
-    for (u, ts) in terms.iter().enumerate() {
+    for (u, &ts) in terms.iter().enumerate() {
         for t in ts {
             *units.entry(t).or_default() += 1;
             articles.entry(t).or_default().insert(corpus.article_of(u));
@@ -791,12 +802,12 @@ fn adopt_strays(
     corpus: &Corpus,
     mut clusters: Vec<Vec<usize>>,
     near: &[Vec<(usize, f32)>],
-    statement: &[bool],
     terms: &[Vec<String>],
 ) -> Vec<Vec<usize>> {
     if !corpus.semantic() {
         return clusters;
     }
+    let statement = corpus.statements();
     let mut cluster_of = vec![0; corpus.units.len()];
     for (c, members) in clusters.iter().enumerate() {
         for &m in members {

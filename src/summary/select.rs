@@ -121,12 +121,17 @@ pub fn select(
             )
             .then(b.cmp(&a))
     };
-    let mut trial = |chosen: &[usize], s: usize| -> Result<Option<Vec<usize>>> {
-        let mut t = chosen.to_vec();
-        t.push(s);
-        sort_story(corpus, &covers, facts, &mut t);
-        Ok(fits(&t)?.is_none().then_some(t))
-    };
+    // `chosen` with `s` added, in story order, if it fits; else the reason.
+    let mut trial =
+        |chosen: &[usize], s: usize| -> Result<std::result::Result<Vec<usize>, String>> {
+            let mut t = chosen.to_vec();
+            t.push(s);
+            sort_story(corpus, &covers, facts, &mut t);
+            Ok(match fits(&t)? {
+                None => Ok(t),
+                Some(why) => Err(why),
+            })
+        };
     let mut chosen: Vec<usize> = Vec::new();
     // Greedy fill, then swaps: a chosen sentence gives way to one that
     // states more fact weight without repeating the others' (the greedy
@@ -144,7 +149,7 @@ pub fn select(
                 .max_by(|&a, &b| better(a, b, &h));
             let Some(s) = best else { break };
             tried[s] = true;
-            if let Some(t) = trial(&chosen, s)? {
+            if let Ok(t) = trial(&chosen, s)? {
                 chosen = t;
             }
         }
@@ -161,7 +166,7 @@ pub fn select(
                 .collect();
             options.sort_by(|&a, &b| value(b, &h).total_cmp(&value(a, &h)).then(better(b, a, &h)));
             for s in options {
-                if let Some(t) = trial(&others, s)? {
+                if let Ok(t) = trial(&others, s)? {
                     chosen = t;
                     swapped = true;
                     break 'swap;
@@ -194,17 +199,10 @@ pub fn select(
                 "restates a fact of a chosen sentence: {:?}",
                 corpus.sentences[c].text
             ),
-            None => {
-                let mut t = chosen.clone();
-                t.push(rep);
-                sort_story(corpus, &covers, facts, &mut t);
-                match fits(&t)? {
-                    Some(why) => {
-                        format!("{why} (reported by {} article(s))", group.articles.len())
-                    }
-                    None => "no statement states it".to_string(),
-                }
-            }
+            None => match trial(&chosen, rep)? {
+                Err(why) => format!("{why} (reported by {} article(s))", group.articles.len()),
+                Ok(_) => "no statement states it".to_string(),
+            },
         };
         left_out.push(LeftOut {
             text: corpus.sentences[rep].text.clone(),
