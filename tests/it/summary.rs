@@ -342,31 +342,38 @@ fn summarize_command_prints_markdown_or_writes_both_files() {
     }
 }
 
+/// `summarize FLAGS -o out ARTICLES`: `FLAGS` start at index 1 and "out"
+/// follows them, so a test can rerun with one argument changed.
+fn summarize_args(flags: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = std::iter::once("summarize")
+        .chain(flags.iter().copied())
+        .chain(["-o", "out"])
+        .map(String::from)
+        .collect();
+    args.extend(
+        article_paths()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned()),
+    );
+    args
+}
+
+/// out/summary.json under `dir`.
+fn read_summary(dir: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("out/summary.json")).unwrap()).unwrap()
+}
+
 #[test]
 fn abstractive_summaries_cite_sources_for_every_kept_sentence() {
     // The random fixture model writes nonsense; what must hold is the contract:
     // every kept sentence is supported and cited, the rest is listed as left out.
     let dir = TempDir::new("abstractive");
     let bart = fixture_model("bart-a");
-    let mut args = vec![
-        "summarize".to_string(),
-        "--summary-model".into(),
-        bart.to_string_lossy().into_owned(),
-        "-o".into(),
-        "out".into(),
-    ];
-    args.extend(
-        article_paths()
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned()),
-    );
+    let args = summarize_args(&["--summary-model", bart.to_str().unwrap()]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = transum(dir.path(), &refs, None);
     assert_success(&out);
-    let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
-    )
-    .unwrap();
+    let json = read_summary(dir.path());
     assert_eq!(json["summarizer"], "abstractive");
     assert!(!json["raw_output"].as_str().unwrap().is_empty());
     // The summary model quantized at load runs the same pipeline.
@@ -400,27 +407,16 @@ fn abstractive_summaries_cite_sources_for_every_kept_sentence() {
 fn embed_model_loads_from_a_directory_and_is_named_when_missing_offline() {
     let dir = TempDir::new("embed-model");
     let bert = fixture_model("bert-a");
-    let mut args = vec![
-        "summarize".to_string(),
-        "--summarizer".into(),
-        "extractive".into(),
-        "--embed-model".into(),
-        bert.to_string_lossy().into_owned(),
-        "-o".into(),
-        "out".into(),
-    ];
-    args.extend(
-        article_paths()
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned()),
-    );
+    let args = summarize_args(&[
+        "--summarizer",
+        "extractive",
+        "--embed-model",
+        bert.to_str().unwrap(),
+    ]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = transum(dir.path(), &refs, None);
     assert_success(&out);
-    let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
-    )
-    .unwrap();
+    let json = read_summary(dir.path());
     assert_eq!(json["embed_model"], bert.to_string_lossy().as_ref());
     assert!(json["semantic_threshold"].as_f64().is_some());
     // The default model, offline and not cached: a setup error naming it and
