@@ -134,6 +134,10 @@ pub struct Corpus<'e> {
     numbers: Vec<Vec<(String, String)>>,
     /// Each unit's content terms (stems), sorted, once each.
     terms: Vec<Vec<String>>,
+    /// Each unit's rare names (stems), sorted, once each: see [`rare_names`].
+    unit_names: Vec<Vec<String>>,
+    /// Every rare name of the corpus.
+    rare: std::collections::HashSet<String>,
     /// Whether each unit can state a fact (see [`Corpus::statements`]).
     statement: Vec<bool>,
     /// Unit embeddings, row-major, L2-normalised (with an encoder).
@@ -148,6 +152,7 @@ pub struct Query {
     lexical: Vector,
     embedding: Option<Vec<f32>>,
     numbers: Vec<(String, String)>,
+    names: Vec<String>,
 }
 
 impl Query {
@@ -163,8 +168,114 @@ impl Query {
             cos,
             &self.numbers,
             &other.numbers,
+            shares(&self.names, &other.names),
         )
     }
+}
+
+/// Whether two sorted lists share an element.
+fn shares(a: &[String], b: &[String]) -> bool {
+    a.iter().any(|x| b.binary_search(x).is_ok())
+}
+
+/// Whether a comma-delimited part of a sentence only says who reported it
+/// ("the Meteorological Office said", "according to state media"): its
+/// names are a source many facts share, not one event.
+fn attribution(part: &str) -> bool {
+    const VERBS: &[&str] = &[
+        "said",
+        "says",
+        "reported",
+        "reports",
+        "told",
+        "added",
+        "announced",
+        "stated",
+    ];
+    let p = part
+        .trim()
+        .trim_end_matches(|c: char| !c.is_alphanumeric())
+        .to_lowercase();
+    p.starts_with("according to") || VERBS.iter().any(|v| p.ends_with(&format!(" {v}")))
+}
+
+/// The stems of the capitalised words of `text` that are names, but for its
+/// first word when `sentence_start` (a capital there says nothing) and for
+/// the parts that attribute it ([`attribution`]).
+fn capitalised(text: &str, sentence_start: bool) -> impl Iterator<Item = String> + '_ {
+    text.split(',')
+        .enumerate()
+        .filter(|(_, part)| !attribution(part))
+        .flat_map(move |(i, part)| {
+            part.split_whitespace()
+                .skip(usize::from(sentence_start && i == 0))
+        })
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        .filter(|w| w.starts_with(char::is_uppercase))
+        .filter(|w| !similarity::is_calendar(w))
+        .flat_map(similarity::terms)
+}
+
+/// Rare names: stems of capitalised words (past a sentence's first) used
+/// by statements of three or more articles, by one statement per article at
+/// most, and every two of those statements related in meaning (`cosine` at
+/// least [`NEAR`]). Two articles are too few: each names its country once,
+/// and two facts of one story are related. Such a place or person names one event
+/// ("Artyom-Primorsky-1", "Kozlov"); the story's protagonists, named in
+/// every other sentence, and its countries, named once per article but in
+/// different facts ("crossed back into North Korea", "an invitation to
+/// visit North Korea"), name none. Returns each unit's rare names and the
+/// set of them. Only with embeddings: the same-fact rule uses names only
+/// beside a cosine.
+fn rare_names(
+    sentences: &[Sentence],
+    units: &[Unit],
+    statement: &[bool],
+    cosine: impl Fn(usize, usize) -> f32,
+) -> (Vec<Vec<String>>, std::collections::HashSet<String>) {
+    let all: Vec<Vec<String>> = units
+        .iter()
+        .enumerate()
+        .map(|(u, unit)| {
+            let sent = &sentences[unit.sentence];
+            let mut v: Vec<String> = capitalised(&unit.text, u == sent.units.start).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        })
+        .collect();
+    let mut uses: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (u, names) in all.iter().enumerate() {
+        if !statement[u] {
+            continue;
+        }
+        for n in names {
+            uses.entry(n).or_default().push(u);
+        }
+    }
+    let rare: std::collections::HashSet<String> = uses
+        .iter()
+        .filter(|(_, us)| {
+            let mut arts: Vec<usize> = us
+                .iter()
+                .map(|&u| sentences[units[u].sentence].article)
+                .collect();
+            arts.sort_unstable();
+            arts.dedup();
+            arts.len() >= 3
+                && arts.len() == us.len()
+                && us
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &a)| us[i + 1..].iter().all(|&b| cosine(a, b) >= NEAR))
+        })
+        .map(|(t, _)| t.to_string())
+        .collect();
+    let names = all
+        .into_iter()
+        .map(|v| v.into_iter().filter(|t| rare.contains(t)).collect())
+        .collect();
+    (names, rare)
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -228,13 +339,19 @@ impl<'e> Corpus<'e> {
             })
             .collect();
         let any = sentences.iter().any(|s| states_fact(&s.text));
-        let statement = units
+        let statement: Vec<bool> = units
             .iter()
             .map(|u| !any || states_fact(&sentences[u.sentence].text))
             .collect();
         let (embeddings, dim) = match encoder {
             Some(e) => (Some(e.embed(&texts, 64)?.concat()), e.dim()),
             None => (None, 0),
+        };
+        let (unit_names, rare) = match &embeddings {
+            Some(e) => rare_names(&sentences, &units, &statement, |a, b| {
+                dot(&e[a * dim..(a + 1) * dim], &e[b * dim..(b + 1) * dim])
+            }),
+            None => (vec![Vec::new(); units.len()], Default::default()),
         };
         Ok(Corpus {
             names: articles.iter().map(|a| a.name.clone()).collect(),
@@ -244,6 +361,8 @@ impl<'e> Corpus<'e> {
             index,
             numbers,
             terms,
+            unit_names,
+            rare,
             statement,
             embeddings,
             dim,
@@ -304,6 +423,7 @@ impl<'e> Corpus<'e> {
             self.cosine(a, b),
             &self.numbers[a],
             &self.numbers[b],
+            shares(&self.unit_names[a], &self.unit_names[b]),
         )
     }
 
@@ -313,10 +433,16 @@ impl<'e> Corpus<'e> {
             Some(e) => Some(e.embed(&[text], 1)?.remove(0)),
             None => None,
         };
+        let mut names: Vec<String> = capitalised(text, true)
+            .filter(|t| self.rare.contains(t))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
         Ok(Query {
             lexical: self.index.vector(text),
             embedding,
             numbers: similarity::numbers(text),
+            names,
         })
     }
 
@@ -590,12 +716,24 @@ impl Facts {
                     .fold(0.0, f32::max);
             })?;
         } else {
+            // One shared word relates nothing ("final" in the football
+            // results and in "the ground finally split open"), and neither
+            // does the day they share ("Monday"); two words may.
+            let two_terms = |u: usize, v: usize| {
+                let tv = corpus.terms(v);
+                corpus
+                    .terms(u)
+                    .iter()
+                    .filter(|t| tv.binary_search(t).is_ok() && !similarity::is_calendar(t))
+                    .nth(1)
+                    .is_some()
+            };
             for (u, r) in relevance.iter_mut().enumerate() {
                 *r = corpus
                     .index
                     .row(u)
                     .into_iter()
-                    .filter(|&(v, _)| elsewhere(u, v))
+                    .filter(|&(v, _)| elsewhere(u, v) && two_terms(u, v))
                     .map(|(_, sim)| sim)
                     .fold(0.0, f32::max);
             }

@@ -199,14 +199,21 @@ pub const SHARED_FIGURE_COSINE: f32 = 0.45;
 
 /// The "same fact" rule: lexical similarity at or above [`SAME_FACT`] (with
 /// embeddings: [`SAME_FACT_WITH_EMBEDDINGS`]), or cosine at or above
-/// [`SEMANTIC_SAME_FACT`], or a shared
-/// figure ([`is_figure`]) with related wording (lexical [`RELATED`] or
-/// cosine [`SHARED_FIGURE_COSINE`]); and numbers that do not contradict.
+/// [`SEMANTIC_SAME_FACT`], or a shared figure ([`is_figure`]) with related
+/// wording (lexical [`RELATED`] or cosine [`SHARED_FIGURE_COSINE`]), or a
+/// shared rare name with related meaning (cosine [`SHARED_FIGURE_COSINE`];
+/// `shared_name`: the caller knows which names are rare in its corpus, see
+/// `Corpus::new`); and numbers that do not contradict. "A send-off at
+/// Artyom-Primorsky-1 station" and "a farewell ceremony at the
+/// Artyom-Primorsky-1 railway station" are one event, in wording MiniLM puts
+/// at cosine 0.58. Word overlap is no evidence of related meaning beside a
+/// shared name, so without embeddings names count for nothing.
 pub fn same_fact(
     lexical: f32,
     cosine: Option<f32>,
     numbers_a: &[(String, String)],
     numbers_b: &[(String, String)],
+    shared_name: bool,
 ) -> bool {
     let figure = numbers_a.iter().any(|(n, u)| {
         numbers_b
@@ -223,8 +230,47 @@ pub fn same_fact(
     };
     (lexical >= lexical_threshold
         || cosine.is_some_and(|c| c >= SEMANTIC_SAME_FACT)
-        || (figure && related))
+        || (figure && related)
+        || (shared_name && cosine.is_some_and(|c| c >= SHARED_FIGURE_COSINE)))
         && !numbers_contradict(numbers_a, numbers_b)
+}
+
+/// Days and months: capitalised by convention, not as names, and the
+/// story's day is in every article's first sentence whatever fact it tells,
+/// so they never anchor a fact (see `facts::rare_names`); and unrelated
+/// news of the same day shares them, so they never make a text relevant.
+const CALENDAR: &[&str] = &[
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+];
+
+/// Whether a word, or a term (its stem: "januari"), is a day or a month.
+pub fn is_calendar(word: &str) -> bool {
+    static ALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = ALL.get_or_init(|| {
+        CALENDAR
+            .iter()
+            .flat_map(|w| [w.to_string()].into_iter().chain(terms(w)))
+            .collect()
+    });
+    all.iter().any(|c| c.eq_ignore_ascii_case(word))
 }
 
 /// Function words and newsroom filler that say nothing about the fact.

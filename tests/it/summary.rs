@@ -487,13 +487,18 @@ fn clauses_numbers_and_reader_address() {
         numbers("3,700 residents were evacuated"),
         numbers("home to 3 700 people"),
     );
-    assert!(same_fact(0.2, None, &a, &b));
+    assert!(same_fact(0.2, None, &a, &b, false));
     assert!(!same_fact(
         0.9,
         Some(0.95),
         &numbers("rose 3.2%"),
-        &numbers("rose 2.9%")
+        &numbers("rose 2.9%"),
+        true
     ));
+    // Days and months, as words or as stems, are dates, never names.
+    use transum::summary::similarity::is_calendar;
+    assert!(is_calendar("Monday") && is_calendar("January") && is_calendar("januari"));
+    assert!(!is_calendar("Grindavik"));
     // Page chrome that addresses the reader states no fact; a quote may.
     use transum::summary::states_fact;
     assert!(!states_fact("Your email address will not be published."));
