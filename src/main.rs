@@ -30,8 +30,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     // The kernels' instruction set, chosen once (TRANSUM_CPU_ISA may force one).
-    match transum::cpu::init() {
-        Ok(isa) => tracing::info!("CPU kernels: {}", isa.name()),
+    match transum::cpu::init().and_then(|isa| Ok((isa, transum::cpu::int8::kernel()?))) {
+        Ok((isa, int8)) => tracing::info!("CPU kernels: {}, int8: {}", isa.name(), int8.name()),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);

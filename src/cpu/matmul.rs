@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use super::int8::{self, I8Kernel};
 use super::Isa;
 
 /// Output features per packed panel (two AVX registers).
@@ -44,10 +45,16 @@ pub const Q8_BLOCK: usize = 32;
 enum Panels {
     /// [panels][k][NR], zero-padded past the last feature.
     F32(Arc<Vec<f32>>),
-    /// `q` [panels][k][NR] int8 and `d` [panels][k/32][NR] scales (f16 in GGUF,
-    /// held as the f32 they convert to). Panel blocks are widened to f32 in L1
-    /// just before use, so the rows stay float: q8_0 weights, f32 activations.
-    Q8 { q: Arc<Vec<i8>>, d: Arc<Vec<f32>> },
+    /// `q` [panels][k/4][NR][4] int8 (four consecutive k of a feature side
+    /// by side: the int8 kernels' operand layout), `d` [panels][k/32][NR]
+    /// scales (f16 in GGUF, held as the f32 they convert to), and `comp`
+    /// [panels][k/32][NR], 128 times each block's sum of values (see
+    /// `cpu::int8`). Multiplied by int8 activations in integer arithmetic.
+    Q8 {
+        q: Arc<Vec<i8>>,
+        d: Arc<Vec<f32>>,
+        comp: Arc<Vec<i32>>,
+    },
 }
 
 /// A weight matrix [out, k] packed as panels of [`NR`] output features.
@@ -135,16 +142,18 @@ impl PackedMatrix {
         let panels = out.div_ceil(NR);
         let mut q = vec![0i8; panels * k * NR];
         let mut d = vec![0f32; panels * nb * NR];
+        let mut comp = vec![0i32; panels * nb * NR];
         q.par_chunks_mut(k * NR)
-            .zip(d.par_chunks_mut(nb * NR))
+            .zip(d.par_chunks_mut(nb * NR).zip(comp.par_chunks_mut(nb * NR)))
             .enumerate()
-            .for_each(|(p, (qp, dp))| {
+            .for_each(|(p, (qp, (dp, cp)))| {
                 let mut qs = [0i8; Q8_BLOCK];
                 for j in 0..NR.min(out - p * NR) {
                     for b in 0..nb {
                         dp[b * NR + j] = block(p * NR + j, b, &mut qs);
+                        cp[b * NR + j] = 128 * qs.iter().map(|&v| v as i32).sum::<i32>();
                         for (i, &v) in qs.iter().enumerate() {
-                            qp[(b * Q8_BLOCK + i) * NR + j] = v;
+                            qp[q8_at(b * Q8_BLOCK + i, j)] = v;
                         }
                     }
                 }
@@ -153,6 +162,7 @@ impl PackedMatrix {
             data: Panels::Q8 {
                 q: Arc::new(q),
                 d: Arc::new(d),
+                comp: Arc::new(comp),
             },
             first_panel: 0,
             out,
@@ -206,13 +216,13 @@ impl PackedMatrix {
                 }
                 PackedMatrix::pack(&w, len, k)
             }
-            Panels::Q8 { q, d } => {
+            Panels::Q8 { q, d, .. } => {
                 let nb = k / Q8_BLOCK;
                 Self::build_q8_0(len, k, |row, b, qs| {
                     let i = start + row;
                     let (p, j) = (self.first_panel + i / NR, i % NR);
                     for (kk, v) in qs.iter_mut().enumerate() {
-                        *v = q[(p * k + b * Q8_BLOCK + kk) * NR + j];
+                        *v = q[p * k * NR + q8_at(b * Q8_BLOCK + kk, j)];
                     }
                     d[(p * nb + b) * NR + j]
                 })
@@ -220,38 +230,40 @@ impl PackedMatrix {
         }
     }
 
-    /// Weights `k0..k0+kc` of panel `p` (output features `p*NR..`) as f32
-    /// [kc][NR]: borrowed when float, widened into `scratch` when q8_0.
-    fn block<'a>(
-        &'a self,
-        isa: Isa,
-        p: usize,
-        k0: usize,
-        kc: usize,
-        scratch: &'a mut [f32],
-    ) -> &'a [f32] {
-        let p = self.first_panel + p;
+    /// The f32 panels.
+    fn f32_data(&self) -> &[f32] {
         match &self.data {
-            Panels::F32(data) => &data[(p * self.k + k0) * NR..(p * self.k + k0 + kc) * NR],
-            Panels::Q8 { q, d } => {
-                let nb = self.k / Q8_BLOCK;
-                let q = &q[(p * self.k + k0) * NR..(p * self.k + k0 + kc) * NR];
-                let d =
-                    &d[(p * nb + k0 / Q8_BLOCK) * NR..(p * nb + (k0 + kc).div_ceil(Q8_BLOCK)) * NR];
-                widen_q8_with(isa, q, d, &mut scratch[..kc * NR]);
-                &scratch[..kc * NR]
-            }
+            Panels::F32(data) => data,
+            Panels::Q8 { .. } => unreachable!("q8_0 panels take the int8 kernels"),
         }
     }
 
+    /// Weights `k0..k0+kc` of f32 panel `p` (output features `p*NR..`) as [kc][NR].
+    fn block(&self, p: usize, k0: usize, kc: usize) -> &[f32] {
+        let p = self.first_panel + p;
+        &self.f32_data()[(p * self.k + k0) * NR..(p * self.k + k0 + kc) * NR]
+    }
+
     /// Where the weight stream continues after panel `p` up to `k1`, for
-    /// prefetching: f32 lines of the float data; for q8_0, the int8 lines
-    /// (a quarter as many, so the prefetch distance covers four blocks).
+    /// prefetching.
     fn next_block(&self, p: usize, k1: usize) -> *const f32 {
         let p = self.first_panel + p;
+        self.f32_data()
+            .as_ptr()
+            .wrapping_add((p * self.k + k1) * NR)
+    }
+
+    /// Panel `p` of a q8_0 matrix, as the int8 kernels take it.
+    fn q8_panel(&self, p: usize) -> int8::Panel<'_> {
+        let p = self.first_panel + p;
+        let nb = self.k / Q8_BLOCK;
         match &self.data {
-            Panels::F32(data) => data.as_ptr().wrapping_add((p * self.k + k1) * NR),
-            Panels::Q8 { q, .. } => q.as_ptr().wrapping_add((p * self.k + k1) * NR) as *const f32,
+            Panels::Q8 { q, d, comp } => int8::Panel {
+                q: &q[p * self.k * NR..(p + 1) * self.k * NR],
+                d: &d[p * nb * NR..(p + 1) * nb * NR],
+                comp: &comp[p * nb * NR..(p + 1) * nb * NR],
+            },
+            Panels::F32(_) => unreachable!("f32 panels take the f32 kernel"),
         }
     }
 
@@ -266,11 +278,11 @@ impl PackedMatrix {
                     *v = panel[kk * NR + j];
                 }
             }
-            Panels::Q8 { q, d } => {
+            Panels::Q8 { q, d, .. } => {
                 let nb = self.k / Q8_BLOCK;
                 for (kk, v) in dst.iter_mut().enumerate() {
-                    *v =
-                        q[(p * self.k + kk) * NR + j] as f32 * d[(p * nb + kk / Q8_BLOCK) * NR + j];
+                    *v = q[p * self.k * NR + q8_at(kk, j)] as f32
+                        * d[(p * nb + kk / Q8_BLOCK) * NR + j];
                 }
             }
         }
@@ -288,7 +300,8 @@ impl PackedMatrix {
     /// `x Wᵀ (+ bias)` for row-major `x` [rows, k], as [rows, out], written once
     /// without zeroing it first (the LM head's output is 15 MB per step at 64 rows).
     pub fn matmul_vec(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        self.matmul_vec_with(super::isa(), x, rows, bias)
+        let kernel = int8::kernel().unwrap_or_else(|e| panic!("{e}"));
+        self.product(super::isa(), kernel, x, rows, bias)
     }
 
     /// [`PackedMatrix::matmul_vec`] with the kernels of `isa`.
@@ -303,23 +316,59 @@ impl PackedMatrix {
         bias: Option<&[f32]>,
     ) -> Vec<f32> {
         assert!(isa.supported(), "this CPU does not support {}", isa.name());
+        self.product(isa, I8Kernel::for_isa(isa), x, rows, bias)
+    }
+
+    /// [`PackedMatrix::matmul_vec`] of a q8_0 matrix with the int8 kernel
+    /// `kernel` (how the tests compare each with its portable twin).
+    ///
+    /// # Panics
+    /// When this CPU does not support `kernel`, or the matrix is not q8_0.
+    pub fn matmul_i8_with(
+        &self,
+        kernel: I8Kernel,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
+        assert!(
+            kernel.supported(),
+            "this CPU does not support {}",
+            kernel.name()
+        );
+        assert!(self.is_q8_0(), "int8 kernels multiply q8_0 matrices");
+        self.product(Isa::Generic, kernel, x, rows, bias)
+    }
+
+    /// The product with the f32 kernels of `isa` or the int8 `kernel`,
+    /// whichever the weights take; both supported by the CPU.
+    fn product(
+        &self,
+        isa: Isa,
+        kernel: I8Kernel,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
         let len = rows * self.out;
         let mut out = Vec::<f32>::with_capacity(len);
         // SAFETY: matmul_raw writes every one of the `len` elements exactly once
         // (every row, every column below `self.out`), so all are initialized;
-        // the CPU supports `isa` (asserted above).
+        // the CPU supports `isa` and `kernel` (the callers asserted it).
         unsafe {
-            self.matmul_raw(isa, x, rows, bias, SendPtr(out.as_mut_ptr()));
+            self.matmul_raw(isa, kernel, x, rows, bias, SendPtr(out.as_mut_ptr()));
             out.set_len(len);
         }
         out
     }
 
     /// # Safety
-    /// `out` points to `rows * self.out` writable floats, and the CPU supports `isa`.
+    /// `out` points to `rows * self.out` writable floats, and the CPU supports
+    /// `isa` and `kernel`.
     unsafe fn matmul_raw(
         &self,
         isa: Isa,
+        kernel: I8Kernel,
         x: &[f32],
         rows: usize,
         bias: Option<&[f32]>,
@@ -333,7 +382,16 @@ impl PackedMatrix {
         if rows == 0 || n == 0 {
             return;
         }
-        let xp = pack_rows(x, rows, k);
+        // The rows as the weights' kernel takes them: packed f32 tiles, or
+        // int8 quantized per block.
+        enum Rows {
+            F32(Vec<f32>),
+            I8(int8::QuantizedRows),
+        }
+        let xp = match self.data {
+            Panels::F32(_) => Rows::F32(pack_rows(x, rows, k)),
+            Panels::Q8 { .. } => Rows::I8(int8::quantize_rows(kernel, x, rows, k)),
+        };
         let panels = n.div_ceil(NR);
         // Enough tasks to balance two to a few dozen threads, few enough that
         // each streams a long run of panels.
@@ -349,7 +407,14 @@ impl PackedMatrix {
                 for p in p0..p1 {
                     // SAFETY: panels are disjoint column ranges of `out`, and each
                     // task owns its own panels, so no two threads write one element.
-                    unsafe { self.panel_product(isa, &xp, rows, p, bias, out, bufs) };
+                    unsafe {
+                        match &xp {
+                            Rows::F32(xp) => self.panel_product(isa, xp, rows, p, bias, out, bufs),
+                            Rows::I8(xq) => {
+                                self.panel_product_i8(kernel, xq, rows, p, bias, out, bufs)
+                            }
+                        }
+                    };
                 }
             });
         };
@@ -357,6 +422,47 @@ impl PackedMatrix {
             (0..tasks).for_each(work);
         } else {
             (0..tasks).into_par_iter().for_each(work);
+        }
+    }
+
+    /// Columns of q8_0 panel `p` for every row, with the int8 `kernel`.
+    ///
+    /// # Safety
+    /// `out` points to [rows, self.out] floats, no other thread writes panel
+    /// `p`'s columns, and the CPU supports `kernel`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn panel_product_i8(
+        &self,
+        kernel: I8Kernel,
+        xq: &int8::QuantizedRows,
+        rows: usize,
+        p: usize,
+        bias: Option<&[f32]>,
+        out: SendPtr,
+        bufs: &mut Buffers,
+    ) {
+        let n = self.out;
+        let c0 = p * NR;
+        let cols = NR.min(n - c0);
+        let panel = self.q8_panel(p);
+        for r0 in (0..rows).step_by(MC) {
+            let r1 = (r0 + MC).min(rows);
+            let acc = &mut bufs.acc[..r1 - r0];
+            int8::panel_product(kernel, xq, r0, r1 - r0, panel, acc);
+            for (r, a) in acc.iter().enumerate() {
+                // SAFETY: `cols` columns from c0 of row r0 + r are inside `out`
+                // and belong to this panel alone.
+                let o =
+                    unsafe { std::slice::from_raw_parts_mut(out.0.add((r0 + r) * n + c0), cols) };
+                match bias {
+                    Some(b) => {
+                        for ((o, &a), &b) in o.iter_mut().zip(a).zip(&b[c0..c0 + cols]) {
+                            *o = a + b;
+                        }
+                    }
+                    None => o.copy_from_slice(&a[..cols]),
+                }
+            }
         }
     }
 
@@ -377,7 +483,7 @@ impl PackedMatrix {
         bufs: &mut Buffers,
     ) {
         let (n, k) = (self.out, self.k);
-        let Buffers { scratch, acc } = bufs;
+        let Buffers { acc } = bufs;
         let c0 = p * NR;
         let cols = NR.min(n - c0);
         for r0 in (0..rows).step_by(MC) {
@@ -385,7 +491,7 @@ impl PackedMatrix {
             let acc = &mut acc[..r1 - r0];
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
-                let wblock = self.block(isa, p, k0, kc, scratch);
+                let wblock = self.block(p, k0, kc);
                 let xblock = &xp[k0 * rows..(k0 + kc) * rows];
                 for t0 in (r0..r1).step_by(MR) {
                     let mr = MR.min(r1 - t0);
@@ -437,27 +543,12 @@ impl PackedMatrix {
     }
 }
 
-/// `out[kk][j] = q[kk][j] * d[kk / 32][j]` for one panel block.
+/// Where value (k = `kk`, feature `j`) of a q8_0 panel lies: groups of
+/// four k per feature ([k/4][NR][4]).
 #[inline(always)]
-fn widen_q8_impl(q: &[i8], d: &[f32], out: &mut [f32]) {
-    for ((qb, ob), db) in q
-        .chunks(Q8_BLOCK * NR)
-        .zip(out.chunks_mut(Q8_BLOCK * NR))
-        .zip(d.chunks_exact(NR))
-    {
-        for (qr, or) in qb.chunks_exact(NR).zip(ob.chunks_exact_mut(NR)) {
-            for j in 0..NR {
-                or[j] = qr[j] as f32 * db[j];
-            }
-        }
-    }
+fn q8_at(kk: usize, j: usize) -> usize {
+    ((kk / 4) * NR + j) * 4 + kk % 4
 }
-
-super::compiled_per_isa!(
-    /// One q8_0 panel block widened to f32 (see `widen_q8_impl`).
-    #[allow(dead_code)]
-    fn widen_q8 / widen_q8_with(q: &[i8], d: &[f32], out: &mut [f32]) => widen_q8_impl
-);
 
 /// Where a tile's finished sums go: row r of the tile to `out + r * ld`
 /// (16 floats), plus the 16 biases at `bias`.
@@ -471,15 +562,12 @@ struct Final {
 thread_local! {
     /// Each thread's working memory for the packed kernel.
     static BUFFERS: std::cell::RefCell<Box<Buffers>> = std::cell::RefCell::new(Box::new(Buffers {
-        scratch: [0f32; KC * NR],
         acc: [[0f32; NR]; MC],
     }));
 }
 
 /// A task's working memory for [`PackedMatrix::panel_product`].
 struct Buffers {
-    /// A q8_0 panel block widened to f32.
-    scratch: [f32; KC * NR],
     /// The panel's outputs for one row block: they stay here (L1) across k
     /// blocks, so `out` (rows far apart in memory) is written once.
     acc: [[f32; NR]; MC],

@@ -17,6 +17,7 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod int8;
 pub mod matmul;
 mod view;
 

@@ -5,6 +5,7 @@
 
 use transum::cpu::attention::attend_rows_with;
 use transum::cpu::elementwise::{log_softmax_with, silu_with};
+use transum::cpu::int8::I8Kernel;
 use transum::cpu::matmul::PackedMatrix;
 use transum::cpu::Isa;
 
@@ -172,6 +173,74 @@ fn packed_matmul_equals_its_portable_twin() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn int8_kernels_equal_their_portable_twin() {
+    // (rows, out, k): one row, tails of the 4- and 8-row tiles and of the
+    // 16-wide panel, one and many 32-value blocks, encoder-sized rows.
+    let shapes = [
+        (1, 1, 32),
+        (1, 17, 64),
+        (3, 33, 96),
+        (9, 16, 256),
+        (13, 48, 288),
+        (70, 21, 512),
+    ];
+    for &(rows, n, k) in &shapes {
+        // Outliers in x: a block's scale follows its own largest value.
+        let mut x = values(rows * k, (rows * n) as u64, 1.0);
+        x[rows * k / 2] = 40.0;
+        let w = values(n * k, (n * k) as u64, 0.5);
+        let b = values(n, n as u64, 0.1);
+        let p = PackedMatrix::quantize_q8_0(&w, n, k).unwrap();
+        let wq = p.unpack();
+        // The portable kernel against the maths it implements, in f64: x
+        // quantized per row and block as q8_0 quantizes, times the q8_0
+        // weights, plus the bias.
+        let xq: Vec<f32> = x
+            .chunks(32)
+            .flat_map(|blk| {
+                let d = blk.iter().fold(0f32, |a, &v| a.max(v.abs())) / 127.0;
+                let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+                blk.iter().map(move |&v| (v * inv).round() * d)
+            })
+            .collect();
+        let generic = p.matmul_i8_with(I8Kernel::Generic, &x, rows, Some(&b));
+        for r in 0..rows {
+            for j in 0..n {
+                let want: f64 = (0..k)
+                    .map(|kk| xq[r * k + kk] as f64 * wq[j * k + kk] as f64)
+                    .sum::<f64>()
+                    + b[j] as f64;
+                let got = generic[r * n + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.abs().max(1.0) * (k as f64).sqrt(),
+                    "generic int8 {rows}x{n}x{k} at ({r}, {j}): {got} vs {want}"
+                );
+            }
+        }
+        for kernel in I8Kernel::ALL.into_iter().skip(1) {
+            if !kernel.supported() {
+                eprintln!("skipped: CPU lacks {}", kernel.name());
+                continue;
+            }
+            for bias in [None, Some(b.as_slice())] {
+                assert_close(
+                    &format!("int8 {} {rows}x{n}x{k}", kernel.name()),
+                    &p.matmul_i8_with(kernel, &x, rows, bias),
+                    &p.matmul_i8_with(I8Kernel::Generic, &x, rows, bias),
+                    1e-5 * (k as f32).sqrt(),
+                );
+            }
+        }
+    }
+    // TRANSUM_CPU_ISA=generic runs the portable kernel; the others run the
+    // best the CPU has within the chosen instruction set.
+    assert_eq!(I8Kernel::for_isa(Isa::Generic), I8Kernel::Generic);
+    for isa in Isa::ALL.into_iter().filter(|i| i.supported()) {
+        assert!(I8Kernel::for_isa(isa).supported());
     }
 }
 

@@ -1,0 +1,461 @@
+//! Int8 x int8 products for q8_0 weights: activations are quantized on the
+//! fly and multiplied by the int8 weights in integer arithmetic, as
+//! CTranslate2 (oneDNN/fbgemm) and llama.cpp do, instead of widening the
+//! weights to f32.
+//!
+//! Numbers: weights are GGML's q8_0 (one scale per 32 values of a row); each
+//! activation row is quantized the same way, per block of 32 along k
+//! (scale = amax / 127, values round(x / scale)), so that a block's product is
+//! an exact i32 sum scaled by two floats: `y[r][j] = Σ_b dx[r][b] dw[b][j]
+//! Σ_{k∈b} x[r][k] w[k][j] + bias[j]`. Blocks of 32 rather than whole rows
+//! keep one outlier from flattening a row's other values (measured in
+//! `tests/it/quant.rs`).
+//!
+//! Layout: the packed weight panel holds [`NR`] output features with the k
+//! axis in groups of four bytes ([k/4][NR][4]), the operand layout of
+//! `vpdpbusd` (4 u8 x 4 s8 summed into each i32 lane) and of
+//! `vpmaddubsw` + `vpmaddwd`. Each block also carries `128 Σ_k w`, the
+//! compensation for activations shifted to u8 (x + 128), because `vpdpbusd`
+//! multiplies unsigned by signed bytes (fbgemm's and oneDNN's scheme).
+//!
+//! Kernels, one chosen once through [`I8Kernel::for_isa`]:
+//! - AVX-512 VNNI: `vpdpbusd` on zmm, 16 features per instruction;
+//! - AVX-VNNI: `vpdpbusd` on ymm (VEX), 8 features per instruction;
+//! - AVX2: `vpmaddubsw` + `vpmaddwd`. `vpmaddubsw` saturates its i16 pair
+//!   sums, so it multiplies |x| by w with x's sign moved onto w
+//!   (`vpsignb`, llama.cpp's trick): 2 x 127 x 127 fits in i16, where
+//!   shifted u8 activations (up to 255) would not;
+//! - portable: plain Rust, the twin the tests compare the others with.
+//!
+//! Integer sums are exact, so the kernels differ only in how the f32
+//! block sums are rounded (fused or not).
+//!
+//! Talks to: `cpu::matmul` (the packed q8_0 panels call [`panel_product`]).
+
+use super::Isa;
+
+/// Output features per panel (the packed matmul's panel width).
+pub const NR: usize = super::matmul::NR;
+/// Values per q8_0 block along k.
+pub const BLOCK: usize = super::matmul::Q8_BLOCK;
+
+/// An int8 kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum I8Kernel {
+    /// Plain Rust.
+    Generic,
+    /// AVX2: `vpmaddubsw` + `vpmaddwd`.
+    Avx2,
+    /// AVX-VNNI: `vpdpbusd` on ymm.
+    AvxVnni,
+    /// AVX-512 VNNI: `vpdpbusd` on zmm.
+    Avx512Vnni,
+}
+
+impl I8Kernel {
+    /// Every kernel.
+    pub const ALL: [I8Kernel; 4] = [
+        I8Kernel::Generic,
+        I8Kernel::Avx2,
+        I8Kernel::AvxVnni,
+        I8Kernel::Avx512Vnni,
+    ];
+
+    /// Its name, and the CPU flag it needs (as /proc/cpuinfo spells it).
+    pub fn name(self) -> &'static str {
+        match self {
+            I8Kernel::Generic => "generic",
+            I8Kernel::Avx2 => "avx2",
+            I8Kernel::AvxVnni => "avx_vnni",
+            I8Kernel::Avx512Vnni => "avx512_vnni",
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                I8Kernel::Generic => true,
+                I8Kernel::Avx2 => has!("avx2") && has!("fma"),
+                I8Kernel::AvxVnni => has!("avx2") && has!("fma") && has!("avxvnni"),
+                I8Kernel::Avx512Vnni => {
+                    has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("fma")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == I8Kernel::Generic
+        }
+    }
+
+    /// The kernel for the chosen instruction set: `generic` forces the
+    /// portable kernel; AVX2 takes AVX-VNNI when the CPU has it; AVX-512
+    /// takes AVX-512 VNNI when the CPU has it, else the best of the ymm ones.
+    pub fn for_isa(isa: Isa) -> I8Kernel {
+        let pick = |k: I8Kernel| k.supported().then_some(k);
+        match isa {
+            Isa::Generic => I8Kernel::Generic,
+            Isa::Avx2 => pick(I8Kernel::AvxVnni)
+                .or(pick(I8Kernel::Avx2))
+                .unwrap_or(I8Kernel::Generic),
+            Isa::Avx512 => pick(I8Kernel::Avx512Vnni)
+                .or(pick(I8Kernel::AvxVnni))
+                .or(pick(I8Kernel::Avx2))
+                .unwrap_or(I8Kernel::Generic),
+        }
+    }
+
+    /// Whether the kernel takes activations shifted to u8 (`vpdpbusd`).
+    fn unsigned(self) -> bool {
+        matches!(self, I8Kernel::AvxVnni | I8Kernel::Avx512Vnni)
+    }
+
+    /// Rows per register tile.
+    pub fn tile_rows(self) -> usize {
+        match self {
+            // 8 i32 + 8 f32 accumulators of the 32 zmm registers.
+            I8Kernel::Avx512Vnni => 8,
+            // 2 i32 ymm per row; f32 sums wait in L1.
+            I8Kernel::Avx2 | I8Kernel::AvxVnni => 4,
+            I8Kernel::Generic => 4,
+        }
+    }
+}
+
+/// The environment variable that forces an int8 kernel (for measuring the
+/// AVX2 kernel on a VNNI machine); `TRANSUM_CPU_ISA` bounds it.
+pub const KERNEL_ENV: &str = "TRANSUM_INT8_KERNEL";
+
+/// The int8 kernel, chosen once: `TRANSUM_INT8_KERNEL` when set to a kernel
+/// the CPU has, else the best for the chosen instruction set
+/// ([`I8Kernel::for_isa`]). An unknown or unsupported value is an error.
+pub fn kernel() -> crate::error::Result<I8Kernel> {
+    use std::sync::OnceLock;
+    static KERNEL: OnceLock<I8Kernel> = OnceLock::new();
+    if let Some(&k) = KERNEL.get() {
+        return Ok(k);
+    }
+    let k = match std::env::var(KERNEL_ENV) {
+        Ok(v) if !v.trim().is_empty() => {
+            let k = I8Kernel::ALL
+                .into_iter()
+                .find(|k| k.name().eq_ignore_ascii_case(v.trim()))
+                .filter(|k| k.supported())
+                .ok_or_else(|| {
+                    crate::error::Error::setting(
+                        format!("{KERNEL_ENV}={v:?} is not an int8 kernel this CPU has"),
+                        "use one of generic, avx2, avx_vnni, avx512_vnni that the CPU supports, \
+                         or unset it",
+                    )
+                })?;
+            if k != I8Kernel::Generic && super::isa() == Isa::Generic {
+                return Err(crate::error::Error::setting(
+                    format!("{KERNEL_ENV}={v} with TRANSUM_CPU_ISA=generic"),
+                    "unset one of them",
+                ));
+            }
+            k
+        }
+        _ => I8Kernel::for_isa(super::isa()),
+    };
+    let k = *KERNEL.get_or_init(|| k);
+    tracing::debug!("int8 kernel: {}", k.name());
+    Ok(k)
+}
+
+/// Activations quantized per row and block of 32 along k.
+pub struct QuantizedRows {
+    /// [rows][k] bytes: s8, or s8 + 128 as u8 for the VNNI kernels.
+    pub q: Vec<u8>,
+    /// [rows][k/32] scales.
+    pub d: Vec<f32>,
+    pub k: usize,
+}
+
+/// Quantize `x` [rows, k] for `kernel` (k a multiple of 32), with q8_0's
+/// rounding.
+pub fn quantize_rows(kernel: I8Kernel, x: &[f32], rows: usize, k: usize) -> QuantizedRows {
+    assert!(k.is_multiple_of(BLOCK) && x.len() == rows * k);
+    let nb = k / BLOCK;
+    let shift = if kernel.unsigned() { 0x80u8 } else { 0 };
+    let mut q = vec![0u8; rows * k];
+    let mut d = vec![0f32; rows * nb];
+    let quantize = |(xs, (qs, ds)): (&[f32], (&mut [u8], &mut [f32]))| {
+        for ((xb, qb), db) in xs
+            .chunks_exact(BLOCK)
+            .zip(qs.chunks_exact_mut(BLOCK))
+            .zip(ds.iter_mut())
+        {
+            let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                *q = ((v * inv).round() as i8 as u8) ^ shift;
+            }
+            *db = scale;
+        }
+    };
+    if rows * k >= 1 << 16 {
+        use rayon::prelude::*;
+        x.par_chunks(k)
+            .zip(q.par_chunks_mut(k).zip(d.par_chunks_mut(nb)))
+            .for_each(quantize);
+    } else {
+        x.chunks(k)
+            .zip(q.chunks_mut(k).zip(d.chunks_mut(nb)))
+            .for_each(quantize);
+    }
+    QuantizedRows { q, d, k }
+}
+
+/// One packed q8_0 panel: `q` [k/4][NR][4], `d` and `comp` [k/32][NR].
+#[derive(Clone, Copy)]
+pub struct Panel<'a> {
+    pub q: &'a [i8],
+    pub d: &'a [f32],
+    pub comp: &'a [i32],
+}
+
+/// Rows `r0..r0+R` of `x` times `panel`, scaled per block: `out[r][j]`
+/// (all NR features, padding included).
+pub fn panel_product(
+    kernel: I8Kernel,
+    x: &QuantizedRows,
+    r0: usize,
+    rows: usize,
+    panel: Panel,
+    out: &mut [[f32; NR]],
+) {
+    let k = x.k;
+    let nb = k / BLOCK;
+    assert!(
+        kernel.supported(),
+        "this CPU does not support {}",
+        kernel.name()
+    );
+    assert!(panel.q.len() == k * NR && panel.d.len() == nb * NR && panel.comp.len() == nb * NR);
+    assert!(out.len() >= rows && x.q.len() >= (r0 + rows) * k && x.d.len() >= (r0 + rows) * nb);
+    let xq = &x.q[r0 * k..(r0 + rows) * k];
+    let xd = &x.d[r0 * nb..(r0 + rows) * nb];
+    let mut t = 0;
+    while t < rows {
+        let r = kernel.tile_rows().min(rows - t);
+        let (xq, xd, o) = (
+            &xq[t * k..(t + r) * k],
+            &xd[t * nb..(t + r) * nb],
+            &mut out[t..t + r],
+        );
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: supported() was asserted; the slices' sizes were checked.
+            I8Kernel::Avx512Vnni => unsafe { seq!(r, 8, [x86::avx512vnni], k, xq, xd, panel, o) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            I8Kernel::AvxVnni => unsafe { seq!(r, 4, [x86::avxvnni], k, xq, xd, panel, o) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            I8Kernel::Avx2 => unsafe { seq!(r, 4, [x86::avx2], k, xq, xd, panel, o) },
+            _ => generic(k, xq, xd, panel, o),
+        }
+        t += r;
+    }
+}
+
+/// Calls `$f::<R>` for the tile's row count `$r` (1..=$max).
+macro_rules! seq {
+    ($r:expr, 8, [$($f:tt)*], $($a:expr),*) => {
+        match $r {
+            8 => $($f)*::<8>($($a),*),
+            7 => $($f)*::<7>($($a),*),
+            6 => $($f)*::<6>($($a),*),
+            5 => $($f)*::<5>($($a),*),
+            r => seq!(r, 4, [$($f)*], $($a),*),
+        }
+    };
+    ($r:expr, 4, [$($f:tt)*], $($a:expr),*) => {
+        match $r {
+            4 => $($f)*::<4>($($a),*),
+            3 => $($f)*::<3>($($a),*),
+            2 => $($f)*::<2>($($a),*),
+            _ => $($f)*::<1>($($a),*),
+        }
+    };
+}
+use seq;
+
+/// The portable kernel: signed activations, i32 block sums.
+fn generic(k: usize, xq: &[u8], xd: &[f32], p: Panel, out: &mut [[f32; NR]]) {
+    let nb = k / BLOCK;
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = [0.0; NR];
+        for b in 0..nb {
+            let mut s = [0i32; NR];
+            for g in 0..BLOCK / 4 {
+                let kk = b * BLOCK + g * 4;
+                let w = &p.q[(kk / 4) * NR * 4..(kk / 4 + 1) * NR * 4];
+                for (j, s) in s.iter_mut().enumerate() {
+                    for i in 0..4 {
+                        *s += xq[r * k + kk + i] as i8 as i32 * w[j * 4 + i] as i32;
+                    }
+                }
+            }
+            let dx = xd[r * nb + b];
+            for j in 0..NR {
+                o[j] += s[j] as f32 * (p.d[b * NR + j] * dx);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+// The register tiles index several arrays by row and half.
+#[allow(clippy::needless_range_loop)]
+mod x86 {
+    use super::{Panel, BLOCK, NR};
+    use std::arch::x86_64::*;
+
+    /// Four activation bytes (k .. k+4 of one row) as one i32.
+    #[inline(always)]
+    unsafe fn four(x: *const u8) -> i32 {
+        // SAFETY: the caller keeps x..x+4 inside the row.
+        unsafe { (x as *const i32).read_unaligned() }
+    }
+
+    /// AVX-512 VNNI: one zmm of 16 i32 sums per row, `vpdpbusd` on u8
+    /// activations (x + 128), the compensation subtracted per block.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VNNI and FMA; `xq` holds R rows of k bytes,
+    /// `xd` R rows of k/32 scales, `out` R rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    pub unsafe fn avx512vnni<const R: usize>(
+        k: usize,
+        xq: &[u8],
+        xd: &[f32],
+        p: Panel,
+        out: &mut [[f32; NR]],
+    ) {
+        let nb = k / BLOCK;
+        // SAFETY: the caller's promises cover every load and store below.
+        unsafe {
+            let mut f = [_mm512_setzero_ps(); R];
+            let (x, w) = (xq.as_ptr(), p.q.as_ptr());
+            for b in 0..nb {
+                let mut s = [_mm512_setzero_si512(); R];
+                for g in 0..BLOCK / 4 {
+                    let kk = b * BLOCK + g * 4;
+                    let wv = _mm512_loadu_si512(w.add(kk * NR) as *const _);
+                    for r in 0..R {
+                        let xv = _mm512_set1_epi32(four(x.add(r * k + kk)));
+                        s[r] = _mm512_dpbusd_epi32(s[r], xv, wv);
+                    }
+                }
+                let c = _mm512_loadu_si512(p.comp.as_ptr().add(b * NR) as *const _);
+                let d = _mm512_loadu_ps(p.d.as_ptr().add(b * NR));
+                for r in 0..R {
+                    let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[r], c));
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(xd[r * nb + b]));
+                    f[r] = _mm512_fmadd_ps(sum, scale, f[r]);
+                }
+            }
+            for r in 0..R {
+                _mm512_storeu_ps(out[r].as_mut_ptr(), f[r]);
+            }
+        }
+    }
+
+    /// The ymm kernels' shared frame: two ymm of 8 i32 sums per row, `dot`
+    /// adding four k of one row to them, f32 sums in `out` (L1).
+    #[inline(always)]
+    unsafe fn ymm<const R: usize>(
+        k: usize,
+        xq: &[u8],
+        xd: &[f32],
+        p: Panel,
+        out: &mut [[f32; NR]],
+        compensate: bool,
+        dot: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+    ) {
+        let nb = k / BLOCK;
+        // SAFETY: the caller's promises cover every load and store below.
+        unsafe {
+            for o in out.iter_mut().take(R) {
+                *o = [0.0; NR];
+            }
+            let (x, w) = (xq.as_ptr(), p.q.as_ptr());
+            for b in 0..nb {
+                let mut s = [[_mm256_setzero_si256(); 2]; R];
+                for g in 0..BLOCK / 4 {
+                    let kk = b * BLOCK + g * 4;
+                    let w0 = _mm256_loadu_si256(w.add(kk * NR) as *const _);
+                    let w1 = _mm256_loadu_si256(w.add(kk * NR + 32) as *const _);
+                    for r in 0..R {
+                        let xv = _mm256_set1_epi32(four(x.add(r * k + kk)));
+                        s[r][0] = dot(s[r][0], xv, w0);
+                        s[r][1] = dot(s[r][1], xv, w1);
+                    }
+                }
+                for h in 0..2 {
+                    let mut c = _mm256_setzero_si256();
+                    if compensate {
+                        c = _mm256_loadu_si256(p.comp.as_ptr().add(b * NR + 8 * h) as *const _);
+                    }
+                    let d = _mm256_loadu_ps(p.d.as_ptr().add(b * NR + 8 * h));
+                    for r in 0..R {
+                        let sum = _mm256_cvtepi32_ps(_mm256_sub_epi32(s[r][h], c));
+                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(xd[r * nb + b]));
+                        let o = out[r].as_mut_ptr().add(8 * h);
+                        _mm256_storeu_ps(o, _mm256_fmadd_ps(sum, scale, _mm256_loadu_ps(o)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// AVX-VNNI: `vpdpbusd` on ymm, u8 activations, compensated.
+    ///
+    /// # Safety
+    /// As [`avx512vnni`], for AVX2, FMA and AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    pub unsafe fn avxvnni<const R: usize>(
+        k: usize,
+        xq: &[u8],
+        xd: &[f32],
+        p: Panel,
+        out: &mut [[f32; NR]],
+    ) {
+        // SAFETY: the caller's promises.
+        unsafe {
+            ymm::<R>(k, xq, xd, p, out, true, |s, x, w| {
+                _mm256_dpbusd_avx_epi32(s, x, w)
+            })
+        }
+    }
+
+    /// AVX2: |x| times w with x's sign, in i16 pairs (`vpmaddubsw`, no
+    /// saturation: 2 x 127 x 127 < 32767), then pairs of pairs to i32
+    /// (`vpmaddwd` by ones).
+    ///
+    /// # Safety
+    /// As [`avx512vnni`], for AVX2 and FMA; activations signed.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn avx2<const R: usize>(
+        k: usize,
+        xq: &[u8],
+        xd: &[f32],
+        p: Panel,
+        out: &mut [[f32; NR]],
+    ) {
+        // SAFETY: the caller's promises.
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            ymm::<R>(k, xq, xd, p, out, false, |s, x, w| {
+                let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
+                _mm256_add_epi32(s, _mm256_madd_epi16(pairs, ones))
+            })
+        }
+    }
+}
