@@ -327,7 +327,15 @@ impl BartModel {
                 let decoder_embed = if config.share_encoder_decoder_embeddings {
                     encoder_embed.clone()
                 } else {
-                    first(&["model.decoder.embed_tokens.weight".into()], tgt_vocab)?
+                    // A `.bin` export whose decoder table is the shared one
+                    // is read once, under the shared name (`weights::read_pth`).
+                    first(
+                        &[
+                            "model.decoder.embed_tokens.weight".into(),
+                            shared[0].clone(),
+                        ],
+                        tgt_vocab,
+                    )?
                 };
                 let lm_weight = if w.contains("lm_head.weight") && !config.tie_word_embeddings {
                     w.get("lm_head.weight", &[tgt_vocab, d])?

@@ -351,3 +351,26 @@ fn quantize_command_writes_a_loadable_directory() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("q8_0, q4k, q6k, f16"));
 }
+
+/// A `pytorch_model.bin` with tied copies (marian-b stores the shared table
+/// again as both `embed_tokens` and as `lm_head`, views of one storage) is
+/// read once per storage, under the shared name; the model still loads
+/// from it (parity.rs checks its outputs).
+#[test]
+fn a_bin_file_reads_each_tied_storage_once() {
+    use transum::weights::Weights;
+    let path = crate::harness::repo().join("tests/fixtures/models/marian-b/pytorch_model.bin");
+    for placement in [Placement::cpu(), Placement::cpu_quantized(GgmlDType::Q8_0)] {
+        let w = Weights::load(&path, &placement, true).unwrap();
+        assert!(w.contains("model.shared.weight"), "{:?}", w.names());
+        for alias in [
+            "model.encoder.embed_tokens.weight",
+            "model.decoder.embed_tokens.weight",
+            "lm_head.weight",
+        ] {
+            assert!(!w.contains(alias), "{alias} read again: {:?}", w.names());
+        }
+        // Every other tensor is there.
+        assert!(w.contains("model.encoder.layers.0.self_attn.q_proj.weight"));
+    }
+}
