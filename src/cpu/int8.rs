@@ -175,8 +175,9 @@ pub struct QuantizedRows {
     pub k: usize,
 }
 
-/// Quantize `x` [rows, k] for `kernel` (k a multiple of 32), with q8_0's
-/// rounding.
+/// Quantize `x` [rows, k] for `kernel` (k a multiple of 32): scale =
+/// amax / 127 per block, values rounded to nearest, ties to even (one
+/// vector instruction; GGML's weights round ties away from zero).
 pub fn quantize_rows(kernel: I8Kernel, x: &[f32], rows: usize, k: usize) -> QuantizedRows {
     assert!(k.is_multiple_of(BLOCK) && x.len() == rows * k);
     let nb = k / BLOCK;
@@ -184,19 +185,7 @@ pub fn quantize_rows(kernel: I8Kernel, x: &[f32], rows: usize, k: usize) -> Quan
     let mut q = vec![0u8; rows * k];
     let mut d = vec![0f32; rows * nb];
     let quantize = |(xs, (qs, ds)): (&[f32], (&mut [u8], &mut [f32]))| {
-        for ((xb, qb), db) in xs
-            .chunks_exact(BLOCK)
-            .zip(qs.chunks_exact_mut(BLOCK))
-            .zip(ds.iter_mut())
-        {
-            let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = ((v * inv).round() as i8 as u8) ^ shift;
-            }
-            *db = scale;
-        }
+        quantize_row(kernel, xs, qs, ds, shift);
     };
     if rows * k >= 1 << 16 {
         use rayon::prelude::*;
@@ -209,6 +198,49 @@ pub fn quantize_rows(kernel: I8Kernel, x: &[f32], rows: usize, k: usize) -> Quan
             .for_each(quantize);
     }
     QuantizedRows { q, d, k }
+}
+
+/// One row quantized per block (see [`quantize_rows`]).
+#[inline(always)]
+fn quantize_row_impl(xs: &[f32], qs: &mut [u8], ds: &mut [f32], shift: u8) {
+    for ((xb, qb), db) in xs
+        .chunks_exact(BLOCK)
+        .zip(qs.chunks_exact_mut(BLOCK))
+        .zip(ds.iter_mut())
+    {
+        let xb: &[f32; BLOCK] = xb.try_into().expect("a block");
+        let qb: &mut [u8; BLOCK] = qb.try_into().expect("a block");
+        *db = quantize_block(xb, qb, shift);
+    }
+}
+
+/// One block of 32, its scale returned (the portable quantizer).
+#[inline(always)]
+fn quantize_block(xb: &[f32; BLOCK], qb: &mut [u8; BLOCK], shift: u8) -> f32 {
+    let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    // Ties to even, as `vcvtps2dq` rounds.
+    let mut v = [0i32; BLOCK];
+    for (v, &x) in v.iter_mut().zip(xb) {
+        *v = (x * inv).round_ties_even() as i32;
+    }
+    for (q, &v) in qb.iter_mut().zip(&v) {
+        *q = (v as i8 as u8) ^ shift;
+    }
+    scale
+}
+
+/// One row quantized per block with the kernel's instruction set.
+fn quantize_row(kernel: I8Kernel, xs: &[f32], qs: &mut [u8], ds: &mut [f32], shift: u8) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel != I8Kernel::Generic {
+        // SAFETY: every non-portable kernel implies AVX2 (`supported`).
+        unsafe { x86::quantize_row(xs, qs, ds, shift) };
+        return;
+    }
+    let _ = kernel;
+    quantize_row_impl(xs, qs, ds, shift);
 }
 
 /// One packed q8_0 panel: `q` [k/4][NR][4], `d` and `comp` [k/32][NR].
@@ -316,6 +348,43 @@ fn generic(k: usize, xq: &[u8], xd: &[f32], p: Panel, out: &mut [[f32; NR]]) {
 mod x86 {
     use super::{Panel, BLOCK, NR};
     use std::arch::x86_64::*;
+
+    /// One row quantized per block of 32 (see `quantize_rows`): |x| max by
+    /// a tree, `vcvtps2dq` rounding to nearest even, packed to bytes. The
+    /// compiler's version of the portable loop gathered across blocks and
+    /// cost 10% of a beam-4 run.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `xs`, `qs` hold whole blocks, `ds` one per block.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize_row(xs: &[f32], qs: &mut [u8], ds: &mut [f32], shift: u8) {
+        // SAFETY: the caller's promises cover every load and store below.
+        unsafe {
+            let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+            let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            let flip = _mm256_set1_epi8(shift as i8);
+            for (b, d) in ds.iter_mut().enumerate() {
+                let x = xs.as_ptr().add(b * BLOCK);
+                let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(x.add(o)));
+                let a = v.map(|v| _mm256_and_ps(v, abs));
+                let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+                let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+                let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+                let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+                let scale = _mm_cvtss_f32(m) / 127.0;
+                let inv = _mm256_set1_ps(if scale != 0.0 { 1.0 / scale } else { 0.0 });
+                let i = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, inv)));
+                let w = _mm256_packs_epi16(
+                    _mm256_packs_epi32(i[0], i[1]),
+                    _mm256_packs_epi32(i[2], i[3]),
+                );
+                let w = _mm256_permutevar8x32_epi32(w, order);
+                let w = _mm256_xor_si256(w, flip);
+                _mm256_storeu_si256(qs.as_mut_ptr().add(b * BLOCK) as *mut _, w);
+                *d = scale;
+            }
+        }
+    }
 
     /// Four activation bytes (k .. k+4 of one row) as one i32.
     #[inline(always)]

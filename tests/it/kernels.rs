@@ -204,7 +204,7 @@ fn int8_kernels_equal_their_portable_twin() {
             .flat_map(|blk| {
                 let d = blk.iter().fold(0f32, |a, &v| a.max(v.abs())) / 127.0;
                 let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
-                blk.iter().map(move |&v| (v * inv).round() * d)
+                blk.iter().map(move |&v| (v * inv).round_ties_even() * d)
             })
             .collect();
         let generic = p.matmul_i8_with(I8Kernel::Generic, &x, rows, Some(&b));
