@@ -445,10 +445,30 @@ impl PackedMatrix {
         let c0 = p * NR;
         let cols = NR.min(n - c0);
         let panel = self.q8_panel(p);
+        if cols == NR {
+            // A full panel: straight into `out`, bias added.
+            let dst = int8::Dst {
+                // SAFETY: column c0 of row 0 lies inside [rows, n].
+                ptr: unsafe { out.0.add(c0) },
+                ld: n,
+                bias: bias.map(|b| b[c0..c0 + NR].as_ptr()),
+            };
+            // SAFETY: `dst` covers rows 0..rows of this panel's 16 columns,
+            // which no other thread writes; 16 biases from c0 exist.
+            unsafe { int8::panel_product(kernel, xq, 0, rows, panel, dst) };
+            return;
+        }
+        // The last, partial panel: through the tile buffer, its columns copied.
         for r0 in (0..rows).step_by(MC) {
             let r1 = (r0 + MC).min(rows);
             let acc = &mut bufs.acc[..r1 - r0];
-            int8::panel_product(kernel, xq, r0, r1 - r0, panel, acc);
+            let dst = int8::Dst {
+                ptr: acc.as_mut_ptr().cast::<f32>(),
+                ld: NR,
+                bias: None,
+            };
+            // SAFETY: `acc` holds r1 - r0 rows of NR floats.
+            unsafe { int8::panel_product(kernel, xq, r0, r1 - r0, panel, dst) };
             for (r, a) in acc.iter().enumerate() {
                 // SAFETY: `cols` columns from c0 of row r0 + r are inside `out`
                 // and belong to this panel alone.
