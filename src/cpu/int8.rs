@@ -5,11 +5,14 @@
 //!
 //! Numbers: weights are GGML's q8_0 (one scale per 32 values of a row); each
 //! activation row is quantized the same way, per block of 32 along k
-//! (scale = amax / 127, values round(x / scale)), so that a block's product is
-//! an exact i32 sum scaled by two floats: `y[r][j] = Σ_b dx[r][b] dw[b][j]
-//! Σ_{k∈b} x[r][k] w[k][j] + bias[j]`. Blocks of 32 rather than whole rows
-//! keep one outlier from flattening a row's other values (measured in
-//! `tests/it/quant.rs`).
+//! (scale = amax / 127, values rounded to nearest, ties to even), so that a
+//! block's product is an exact i32 sum scaled by two floats: `y[r][j] =
+//! Σ_b dx[r][b] dw[b][j] Σ_{k∈b} x[r][k] w[k][j] + bias[j]` (llama.cpp's
+//! q8_0 x q8_0). Per-block activation scales follow the weights' blocks, and
+//! keep one outlier from flattening a whole row; per-row scales (one i32 sum
+//! per row, CTranslate2's) would need a weight format other than q8_0 and
+//! have not been measured against them. `tests/it/quant.rs` reports the
+//! error against f32.
 //!
 //! Layout: the packed weight panel holds [`NR`] output features with the k
 //! axis in groups of four bytes ([k/4][NR][4]), the operand layout of

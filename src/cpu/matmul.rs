@@ -17,6 +17,8 @@
 //! within float32 rounding of candle's and torch's, not bit-identical to them.
 //! The register tile exists twice: portable (`tile_generic`) and AVX2+FMA
 //! intrinsics (`avx2::tile`), chosen by the [`Isa`] the multiply is given.
+//! q8_0 panels are multiplied by `cpu::int8`'s kernels instead, in integer
+//! arithmetic, with the same panel split across threads.
 
 use std::sync::Arc;
 
