@@ -122,8 +122,7 @@ impl I8Kernel {
             // 8 i32 + 8 f32 accumulators of the 32 zmm registers.
             I8Kernel::Avx512Vnni => 8,
             // 2 i32 ymm per row; f32 sums wait in L1.
-            I8Kernel::Avx2 | I8Kernel::AvxVnni => 4,
-            I8Kernel::Generic => 4,
+            I8Kernel::Avx2 | I8Kernel::AvxVnni | I8Kernel::Generic => 4,
         }
     }
 }

@@ -471,20 +471,8 @@ impl PackedMatrix {
             };
             // SAFETY: `acc` holds r1 - r0 rows of NR floats.
             unsafe { int8::panel_product(kernel, xq, r0, r1 - r0, panel, dst) };
-            for (r, a) in acc.iter().enumerate() {
-                // SAFETY: `cols` columns from c0 of row r0 + r are inside `out`
-                // and belong to this panel alone.
-                let o =
-                    unsafe { std::slice::from_raw_parts_mut(out.0.add((r0 + r) * n + c0), cols) };
-                match bias {
-                    Some(b) => {
-                        for ((o, &a), &b) in o.iter_mut().zip(a).zip(&b[c0..c0 + cols]) {
-                            *o = a + b;
-                        }
-                    }
-                    None => o.copy_from_slice(&a[..cols]),
-                }
-            }
+            // SAFETY: the caller's promise on `out` and panel `p`.
+            unsafe { write_partial(acc, out, n, r0, c0, cols, bias) };
         }
     }
 
@@ -547,20 +535,36 @@ impl PackedMatrix {
             if cols == NR {
                 continue;
             }
-            for (r, a) in acc.iter().enumerate() {
-                // SAFETY: `cols` columns from c0 of row r0 + r are inside `out`
-                // and belong to this panel alone.
-                let o =
-                    unsafe { std::slice::from_raw_parts_mut(out.0.add((r0 + r) * n + c0), cols) };
-                match bias {
-                    Some(b) => {
-                        for ((o, &a), &b) in o.iter_mut().zip(a).zip(&b[c0..c0 + cols]) {
-                            *o = a + b;
-                        }
-                    }
-                    None => o.copy_from_slice(&a[..cols]),
+            // SAFETY: the caller's promise on `out` and panel `p`.
+            unsafe { write_partial(acc, out, n, r0, c0, cols, bias) };
+        }
+    }
+}
+
+/// A partial panel's sums, rows `r0..` of `acc`, to its `cols` columns
+/// from `c0` of `out` [rows, n], plus the bias.
+///
+/// # Safety
+/// Those columns of those rows lie inside `out`, and no other thread writes them.
+unsafe fn write_partial(
+    acc: &[[f32; NR]],
+    out: SendPtr,
+    n: usize,
+    r0: usize,
+    c0: usize,
+    cols: usize,
+    bias: Option<&[f32]>,
+) {
+    for (r, a) in acc.iter().enumerate() {
+        // SAFETY: the caller's promise.
+        let o = unsafe { std::slice::from_raw_parts_mut(out.0.add((r0 + r) * n + c0), cols) };
+        match bias {
+            Some(b) => {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(&b[c0..c0 + cols]) {
+                    *o = a + b;
                 }
             }
+            None => o.copy_from_slice(&a[..cols]),
         }
     }
 }
