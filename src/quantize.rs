@@ -2,12 +2,17 @@
 //! tensor, projections quantized) beside the checkpoint's config, generation
 //! and tokenizer files, which then loads with `--model DIR` like any other.
 //!
-//! Projections (q/k/v/out_proj, fc1, fc2, and the lm_head, written under its
-//! Hugging Face name even when the checkpoint ties it to the embeddings) are
-//! stored in the chosen format; embeddings, positions, layer norms and biases
-//! stay f32, as they cost little and matter for accuracy. A projection whose
-//! input width is not a multiple of the format's block size stays f32 too
-//! (reported). Tensor names stay the checkpoint's.
+//! Projections (q/k/v/out_proj, fc1, fc2, and the lm_head) are stored in the
+//! chosen format; positions, layer norms and biases stay f32, as they cost
+//! little and matter for accuracy. A projection whose input width is not a
+//! multiple of the format's block size stays f32 too (reported). An LM head
+//! tied to the embeddings is stored under its Hugging Face name,
+//! `lm_head.weight`, beside the f32 table; except in q8_0 when one table is
+//! both embeddings and LM head (`BartConfig::tied_table`): that table is
+//! stored once, q8_0, as `model.shared.weight` (its tied copies dropped), the
+//! form `--quantize q8_0` gives it at load, so that loading the file never
+//! reads a float table (122 MB for opus-mt). Tensor names stay the
+//! checkpoint's.
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +77,16 @@ pub fn quantize_checkpoint(
         .unwrap_or_default()
         .to_string();
     crate::models::bart::Arch::for_model_type(&model_type).map_err(|e| e.in_file(&config_path))?;
+    let parsed: crate::models::bart::BartConfig =
+        serde_json::from_value(config.clone()).map_err(|e| {
+            Error::file(
+                &config_path,
+                "is not a usable BART-family config",
+                "point --model at a Marian (opus-mt), BART or Pegasus checkpoint",
+                Some(Box::new(e)),
+            )
+        })?;
+    let one_table = dtype == GgmlDType::Q8_0 && parsed.tied_table();
     let w = Weights::load(&files.weights, &Placement::cpu(), false)?;
     // The same decision as quantizing at load: a projection is stored in
     // `dtype` when its input width fits the format's blocks.
@@ -100,14 +115,18 @@ pub fn quantize_checkpoint(
             t.dims(),
             t.device(),
         )?;
-        let format = if is_projection(name) && t.rank() == 2 {
+        let table = one_table && name == "model.shared.weight";
+        let format = if (is_projection(name) || table) && t.rank() == 2 {
             match target.quantization_for(t.dim(1)?) {
                 Some(q) => {
                     *quantized += 1;
                     q
                 }
                 None => {
-                    kept.push(name.to_string());
+                    // The table's head is reported as the lm_head below.
+                    if !table {
+                        kept.push(name.to_string());
+                    }
                     GgmlDType::F32
                 }
             }
@@ -118,14 +137,29 @@ pub fn quantize_checkpoint(
         Ok(())
     };
     for (name, t) in &floats {
-        store(name, t, &mut tensors, &mut quantized, &mut kept_float)?;
+        // The one table serves both sides and the head (see the module doc).
+        let tied_copy = one_table
+            && matches!(
+                *name,
+                "model.encoder.embed_tokens.weight"
+                    | "model.decoder.embed_tokens.weight"
+                    | "lm_head.weight"
+            )
+            && floats.iter().any(|(n, _)| *n == "model.shared.weight");
+        if !tied_copy {
+            store(name, t, &mut tensors, &mut quantized, &mut kept_float)?;
+        }
     }
     // The tied lm_head, quantized on its own (the embedding it is tied to stays f32).
     let tied = config
         .get("tie_word_embeddings")
         .and_then(|v| v.as_bool())
         .unwrap_or(true);
-    if dtype != GgmlDType::F16 && (tied || !w.contains("lm_head.weight")) {
+    let table_stored = one_table
+        && tensors
+            .iter()
+            .any(|(n, t)| n == "model.shared.weight" && t.dtype() == GgmlDType::Q8_0);
+    if dtype != GgmlDType::F16 && !table_stored && (tied || !w.contains("lm_head.weight")) {
         let embed = ["model.decoder.embed_tokens.weight", "model.shared.weight"]
             .iter()
             .find(|n| w.contains(n))

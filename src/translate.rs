@@ -131,10 +131,7 @@ impl Translator {
         }
         let start = std::time::Instant::now();
         // A table that is both embeddings and LM head can be quantized as read.
-        let tied_table = config.tie_word_embeddings
-            && config.share_encoder_decoder_embeddings
-            && config.vocab_size == config.target_vocab_size();
-        let weights = Weights::load(&files.weights, placement, tied_table)?;
+        let weights = Weights::load(&files.weights, placement, config.tied_table())?;
         let file_quantization = weights.quantization();
         let model = BartModel::load(config, &weights).map_err(|e| e.in_file(&config_path))?;
         // The loader holds every tensor it read; the model holds what it uses.

@@ -363,10 +363,32 @@ impl Weights {
         match ext {
             "safetensors" => read_safetensors(path, &mut add)?,
             "gguf" => {
-                let (floats, q, qd) = read_gguf(path, device)?;
+                let (floats, mut q, qd) = read_gguf(path, device)?;
+                // A q8_0 file stores a table that is both embeddings and LM
+                // head once, quantized (`transum quantize`): it goes into the
+                // panels as read, never through f32; a placement that does
+                // not pack takes it as a float table.
+                let mut table = None;
+                if let Some((name, qt)) = ["model.shared.weight", "shared.weight"]
+                    .into_iter()
+                    .find_map(|n| q.remove_entry(n))
+                {
+                    let (out, k) = qt.shape().dims2()?;
+                    if tied_table && placement.packs() && qt.dtype() == GgmlDType::Q8_0 {
+                        let p = PackedMatrix::pack_q8_0(&qt.data()?, out, k).ok_or_else(|| {
+                            corrupt(candle_core::Error::Msg(format!(
+                                "q8_0 tensor `{name}` [{out}, {k}] has the wrong size"
+                            )))
+                        })?;
+                        table = Some((name, p));
+                    } else {
+                        add(name, qt.dequantize(device)?)?;
+                    }
+                }
                 for (name, t) in floats {
                     add(name, t)?;
                 }
+                packed.extend(table);
                 quantized.extend(q);
                 quantization = qd;
             }

@@ -78,6 +78,15 @@ impl BartConfig {
     pub fn target_vocab_size(&self) -> usize {
         self.decoder_vocab_size.unwrap_or(self.vocab_size)
     }
+
+    /// Whether one table is both embeddings and the LM head (tied, shared
+    /// by encoder and decoder, one vocabulary): then it can be quantized as
+    /// read, and a q8_0 `model.gguf` stores it once, quantized.
+    pub fn tied_table(&self) -> bool {
+        self.tie_word_embeddings
+            && self.share_encoder_decoder_embeddings
+            && self.vocab_size == self.target_vocab_size()
+    }
 }
 
 /// How one member of the family differs from the others.

@@ -215,6 +215,28 @@ fn gguf_round_trip_is_exact() {
     let out = dir.path().join("q8");
     let report = transum::quantize::quantize_checkpoint(&files, GgmlDType::Q8_0, &out).unwrap();
     assert!(report.quantized >= 28, "{report:?}");
+    // The table that is both embeddings and LM head is stored once, q8_0:
+    // loading the file never reads a float table.
+    {
+        use candle_core::quantized::gguf_file;
+        let mut f = std::fs::File::open(out.join("model.gguf")).unwrap();
+        let content = gguf_file::Content::read(&mut f).unwrap();
+        let infos = &content.tensor_infos;
+        assert_eq!(infos["model.shared.weight"].ggml_dtype, GgmlDType::Q8_0);
+        for copy in [
+            "lm_head.weight",
+            "model.encoder.embed_tokens.weight",
+            "model.decoder.embed_tokens.weight",
+        ] {
+            assert!(
+                !infos.contains_key(copy),
+                "{copy} is stored beside the table"
+            );
+        }
+        assert!(infos
+            .iter()
+            .all(|(n, i)| !n.ends_with("proj.weight") || i.ggml_dtype == GgmlDType::Q8_0));
+    }
     // Written then read: the same quantized weights as quantizing at load.
     let from_file = Translator::load(
         &hub::resolve(
