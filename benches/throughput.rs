@@ -130,6 +130,66 @@ fn run_one(dir: &Path, batch: usize, beams: usize, json: bool, quant: Option<&st
     );
 }
 
+/// `--matmul`: the packed f32 kernel (at the chosen `TRANSUM_CPU_ISA`)
+/// against candle's gemm on opus-mt's products: a decode step's rows and an
+/// encoder batch's (batch 16 x ~32 tokens), GFLOP/s of `x Wᵀ + b`, best of 5.
+fn matmul_shapes() {
+    use candle_core::{Device, Tensor};
+    use transum::cpu::matmul::PackedMatrix;
+    println!(
+        "packed f32 ({}) vs candle gemm, RAYON_NUM_THREADS={}",
+        transum::cpu::isa().name(),
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into())
+    );
+    for (rows, n, k) in [
+        (16, 512, 512),
+        (64, 2048, 512),
+        (512, 512, 512),
+        (512, 2048, 512),
+        (512, 512, 2048),
+    ] {
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 480.0)
+            .collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 / n as f32).collect();
+        let packed = PackedMatrix::pack(&w, n, k);
+        let (xt, wt, bt) = (
+            Tensor::from_vec(x.clone(), (rows, k), &Device::Cpu).unwrap(),
+            Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap(),
+            Tensor::from_vec(b.clone(), n, &Device::Cpu).unwrap(),
+        );
+        let best = |f: &dyn Fn()| {
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let flops = 2.0 * (rows * n * k) as f64;
+        let p = best(&|| {
+            std::hint::black_box(packed.matmul_vec(&x, rows, Some(&b)));
+        });
+        let c = best(&|| {
+            let y = xt
+                .matmul(&wt.t().unwrap())
+                .unwrap()
+                .broadcast_add(&bt)
+                .unwrap();
+            std::hint::black_box(y);
+        });
+        println!(
+            "{rows:>4} x {n:>4} x {k:>4}  packed {:>6.1} GFLOP/s  candle {:>6.1} GFLOP/s",
+            flops / p / 1e9,
+            flops / c / 1e9
+        );
+    }
+}
+
 fn main() {
     transum::device::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
@@ -141,6 +201,10 @@ fn main() {
     let _ = Path::new("");
     if args.iter().any(|a| a == "--print-sentences") {
         println!("{}", serde_json::to_string(&corpus_sentences()).unwrap());
+        return;
+    }
+    if args.iter().any(|a| a == "--matmul") {
+        matmul_shapes();
         return;
     }
     // --model DIR: a checkpoint saved elsewhere (benches/compare uses transformers' own save).

@@ -18,20 +18,27 @@
 //! axis in groups of four bytes ([k/4][NR][4]), the operand layout of
 //! `vpdpbusd` (4 u8 x 4 s8 summed into each i32 lane) and of
 //! `vpmaddubsw` + `vpmaddwd`. Each block also carries `128 Σ_k w`, the
-//! compensation for activations shifted to u8 (x + 128), because `vpdpbusd`
-//! multiplies unsigned by signed bytes (fbgemm's and oneDNN's scheme).
+//! compensation for activations shifted to u8 (x + 128; half of it for
+//! 7-bit activations shifted by 64), because `vpdpbusd` and `vpmaddubsw`
+//! multiply unsigned by signed bytes (fbgemm's and oneDNN's scheme).
 //!
 //! Kernels, one chosen once through [`I8Kernel::for_isa`]:
 //! - AVX-512 VNNI: `vpdpbusd` on zmm, 16 features per instruction;
 //! - AVX-VNNI: `vpdpbusd` on ymm (VEX), 8 features per instruction;
-//! - AVX2: `vpmaddubsw` + `vpmaddwd`. `vpmaddubsw` saturates its i16 pair
-//!   sums, so it multiplies |x| by w with x's sign moved onto w
-//!   (`vpsignb`, llama.cpp's trick): 2 x 127 x 127 fits in i16, where
-//!   shifted u8 activations (up to 255) would not;
+//! - AVX2: `vpmaddubsw` + `vpmaddwd`, on activations quantized to 7 bits
+//!   (amax / 63, shifted by 64 to u8 in 1..=127, compensated with
+//!   `64 Σ_k w`). `vpmaddubsw` saturates its i16 pair sums: 2 x 127 x 128
+//!   fits in i16, where 8-bit shifted activations (up to 255) would not.
+//!   That is oneDNN's advice for int8 without VNNI (7 bits on one side),
+//!   put on the activations because q8_0 weights are given. The 8-bit
+//!   alternative, |x| times w with x's sign moved onto w (`vpsignb`,
+//!   llama.cpp's trick), costs one more instruction per product and was
+//!   measured slower (see the README's figures);
 //! - portable: plain Rust, the twin the tests compare the others with.
 //!
-//! Integer sums are exact, so the kernels differ only in how the f32
-//! block sums are rounded (fused or not).
+//! Integer sums are exact, so a kernel and the portable kernel fed the same
+//! activation bits differ only in how the f32 block sums are rounded (fused
+//! or not): the portable kernel with 7 bits is the AVX2 kernel's twin.
 //!
 //! Talks to: `cpu::matmul` (the packed q8_0 panels call [`panel_product`]).
 
@@ -111,9 +118,19 @@ impl I8Kernel {
         }
     }
 
-    /// Whether the kernel takes activations shifted to u8 (`vpdpbusd`).
+    /// Whether the kernel takes activations shifted to u8 (`vpdpbusd`,
+    /// `vpmaddubsw`).
     fn unsigned(self) -> bool {
-        matches!(self, I8Kernel::AvxVnni | I8Kernel::Avx512Vnni)
+        self != I8Kernel::Generic
+    }
+
+    /// The activation bits the kernel runs with: 7 for AVX2, whose i16
+    /// pair sums would saturate on 8-bit u8 activations, else 8.
+    pub fn activation_bits(self) -> u32 {
+        match self {
+            I8Kernel::Avx2 => 7,
+            _ => 8,
+        }
     }
 
     /// Rows per register tile.
@@ -170,24 +187,36 @@ pub fn kernel() -> crate::error::Result<I8Kernel> {
 
 /// Activations quantized per row and block of 32 along k.
 pub struct QuantizedRows {
-    /// [rows][k] bytes: s8, or s8 + 128 as u8 for the VNNI kernels.
+    /// [rows][k] bytes: s8, or s8 + 2^(bits-1) as u8 for the SIMD kernels.
     pub q: Vec<u8>,
     /// [rows][k/32] scales.
     pub d: Vec<f32>,
     pub k: usize,
+    /// Bits per value: 8 (-127..=127) or 7 (-63..=63).
+    pub bits: u32,
 }
 
-/// Quantize `x` [rows, k] for `kernel` (k a multiple of 32): scale =
-/// amax / 127 per block, values rounded to nearest, ties to even (one
-/// vector instruction; GGML's weights round ties away from zero).
-pub fn quantize_rows(kernel: I8Kernel, x: &[f32], rows: usize, k: usize) -> QuantizedRows {
+/// Quantize `x` [rows, k] for `kernel` with `bits` (8 or 7) per value (k a
+/// multiple of 32): scale = amax / 127 (or 63) per block, values rounded to
+/// nearest, ties to even (one vector instruction; GGML's weights round ties
+/// away from zero).
+pub fn quantize_rows(
+    kernel: I8Kernel,
+    bits: u32,
+    x: &[f32],
+    rows: usize,
+    k: usize,
+) -> QuantizedRows {
     assert!(k.is_multiple_of(BLOCK) && x.len() == rows * k);
+    assert!(bits == 7 || bits == 8, "activations take 7 or 8 bits");
     let nb = k / BLOCK;
-    let shift = if kernel.unsigned() { 0x80u8 } else { 0 };
+    let half = 1u8 << (bits - 1);
+    let shift = if kernel.unsigned() { half } else { 0 };
+    let levels = (half - 1) as f32;
     let mut q = vec![0u8; rows * k];
     let mut d = vec![0f32; rows * nb];
     let quantize = |(xs, (qs, ds)): (&[f32], (&mut [u8], &mut [f32]))| {
-        quantize_row(kernel, xs, qs, ds, shift);
+        quantize_row(kernel, xs, qs, ds, levels, shift);
     };
     if rows * k >= 1 << 16 {
         use rayon::prelude::*;
@@ -199,12 +228,12 @@ pub fn quantize_rows(kernel: I8Kernel, x: &[f32], rows: usize, k: usize) -> Quan
             .zip(q.chunks_mut(k).zip(d.chunks_mut(nb)))
             .for_each(quantize);
     }
-    QuantizedRows { q, d, k }
+    QuantizedRows { q, d, k, bits }
 }
 
 /// One row quantized per block (see [`quantize_rows`]).
 #[inline(always)]
-fn quantize_row_impl(xs: &[f32], qs: &mut [u8], ds: &mut [f32], shift: u8) {
+fn quantize_row_impl(xs: &[f32], qs: &mut [u8], ds: &mut [f32], levels: f32, shift: u8) {
     for ((xb, qb), db) in xs
         .chunks_exact(BLOCK)
         .zip(qs.chunks_exact_mut(BLOCK))
@@ -212,15 +241,16 @@ fn quantize_row_impl(xs: &[f32], qs: &mut [u8], ds: &mut [f32], shift: u8) {
     {
         let xb: &[f32; BLOCK] = xb.try_into().expect("a block");
         let qb: &mut [u8; BLOCK] = qb.try_into().expect("a block");
-        *db = quantize_block(xb, qb, shift);
+        *db = quantize_block(xb, qb, levels, shift);
     }
 }
 
-/// One block of 32, its scale returned (the portable quantizer).
+/// One block of 32 to -levels..=levels plus `shift` (wrapping), its scale
+/// returned (the portable quantizer).
 #[inline(always)]
-fn quantize_block(xb: &[f32; BLOCK], qb: &mut [u8; BLOCK], shift: u8) -> f32 {
+fn quantize_block(xb: &[f32; BLOCK], qb: &mut [u8; BLOCK], levels: f32, shift: u8) -> f32 {
     let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
-    let scale = amax / 127.0;
+    let scale = amax / levels;
     let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
     // Ties to even, as `vcvtps2dq` rounds.
     let mut v = [0i32; BLOCK];
@@ -228,21 +258,28 @@ fn quantize_block(xb: &[f32; BLOCK], qb: &mut [u8; BLOCK], shift: u8) -> f32 {
         *v = (x * inv).round_ties_even() as i32;
     }
     for (q, &v) in qb.iter_mut().zip(&v) {
-        *q = (v as i8 as u8) ^ shift;
+        *q = (v as i8 as u8).wrapping_add(shift);
     }
     scale
 }
 
 /// One row quantized per block with the kernel's instruction set.
-fn quantize_row(kernel: I8Kernel, xs: &[f32], qs: &mut [u8], ds: &mut [f32], shift: u8) {
+fn quantize_row(
+    kernel: I8Kernel,
+    xs: &[f32],
+    qs: &mut [u8],
+    ds: &mut [f32],
+    levels: f32,
+    shift: u8,
+) {
     #[cfg(target_arch = "x86_64")]
     if kernel != I8Kernel::Generic {
         // SAFETY: every non-portable kernel implies AVX2 (`supported`).
-        unsafe { x86::quantize_row(xs, qs, ds, shift) };
+        unsafe { x86::quantize_row(xs, qs, ds, levels, shift) };
         return;
     }
     let _ = kernel;
-    quantize_row_impl(xs, qs, ds, shift);
+    quantize_row_impl(xs, qs, ds, levels, shift);
 }
 
 /// One packed q8_0 panel: `q` [k/4][NR][4], `d` and `comp` [k/32][NR].
@@ -306,6 +343,13 @@ pub unsafe fn panel_product(
     );
     assert!(panel.q.len() == k * NR && panel.d.len() == nb * NR && panel.comp.len() == nb * NR);
     assert!(x.q.len() >= (r0 + rows) * k && x.d.len() >= (r0 + rows) * nb);
+    // 8-bit u8 activations would saturate `vpmaddubsw`'s pair sums.
+    assert!(
+        x.bits == 7 || kernel != I8Kernel::Avx2,
+        "the AVX2 int8 kernel takes 7-bit activations"
+    );
+    // The compensation for u8 activations: 2^(bits-1) Σ w = comp >> (8 - bits).
+    let comp_shift = 8 - x.bits as i32;
     let xq = &x.q[r0 * k..(r0 + rows) * k];
     let xd = &x.d[r0 * nb..(r0 + rows) * nb];
     let mut t = 0;
@@ -322,11 +366,13 @@ pub unsafe fn panel_product(
         unsafe {
             match kernel {
                 #[cfg(target_arch = "x86_64")]
-                I8Kernel::Avx512Vnni => seq!(r, 8, [x86::avx512vnni], k, xq, xd, panel, o),
+                I8Kernel::Avx512Vnni => {
+                    seq!(r, 8, [x86::avx512vnni], k, xq, xd, panel, o, comp_shift)
+                }
                 #[cfg(target_arch = "x86_64")]
-                I8Kernel::AvxVnni => seq!(r, 4, [x86::avxvnni], k, xq, xd, panel, o),
+                I8Kernel::AvxVnni => seq!(r, 4, [x86::avxvnni], k, xq, xd, panel, o, comp_shift),
                 #[cfg(target_arch = "x86_64")]
-                I8Kernel::Avx2 => seq!(r, 4, [x86::avx2], k, xq, xd, panel, o),
+                I8Kernel::Avx2 => seq!(r, 4, [x86::avx2], k, xq, xd, panel, o, comp_shift),
                 _ => generic(k, xq, xd, panel, o),
             }
         }
@@ -402,12 +448,12 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX2; `xs`, `qs` hold whole blocks, `ds` one per block.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn quantize_row(xs: &[f32], qs: &mut [u8], ds: &mut [f32], shift: u8) {
+    pub unsafe fn quantize_row(xs: &[f32], qs: &mut [u8], ds: &mut [f32], levels: f32, shift: u8) {
         // SAFETY: the caller's promises cover every load and store below.
         unsafe {
             let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
             let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-            let flip = _mm256_set1_epi8(shift as i8);
+            let offset = _mm256_set1_epi8(shift as i8);
             for (b, d) in ds.iter_mut().enumerate() {
                 let x = xs.as_ptr().add(b * BLOCK);
                 let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(x.add(o)));
@@ -416,7 +462,7 @@ mod x86 {
                 let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
                 let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
                 let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-                let scale = _mm_cvtss_f32(m) / 127.0;
+                let scale = _mm_cvtss_f32(m) / levels;
                 let inv = _mm256_set1_ps(if scale != 0.0 { 1.0 / scale } else { 0.0 });
                 let i = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, inv)));
                 let w = _mm256_packs_epi16(
@@ -424,7 +470,7 @@ mod x86 {
                     _mm256_packs_epi32(i[2], i[3]),
                 );
                 let w = _mm256_permutevar8x32_epi32(w, order);
-                let w = _mm256_xor_si256(w, flip);
+                let w = _mm256_add_epi8(w, offset);
                 _mm256_storeu_si256(qs.as_mut_ptr().add(b * BLOCK) as *mut _, w);
                 *d = scale;
             }
@@ -445,7 +491,14 @@ mod x86 {
     /// The CPU has AVX-512 F/BW/VNNI and FMA; `xq` holds R rows of k bytes,
     /// `xd` R rows of k/32 scales, `out` R rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-    pub unsafe fn avx512vnni<const R: usize>(k: usize, xq: &[u8], xd: &[f32], p: Panel, dst: Dst) {
+    pub unsafe fn avx512vnni<const R: usize>(
+        k: usize,
+        xq: &[u8],
+        xd: &[f32],
+        p: Panel,
+        dst: Dst,
+        comp_shift: i32,
+    ) {
         let nb = k / BLOCK;
         // SAFETY: the caller's promises cover every load and store below.
         unsafe {
@@ -462,6 +515,7 @@ mod x86 {
                     }
                 }
                 let c = _mm512_loadu_si512(p.comp.as_ptr().add(b * NR) as *const _);
+                let c = _mm512_sra_epi32(c, _mm_cvtsi32_si128(comp_shift));
                 let d = _mm512_loadu_ps(p.d.as_ptr().add(b * NR));
                 for r in 0..R {
                     let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[r], c));
@@ -488,7 +542,7 @@ mod x86 {
         xd: &[f32],
         p: Panel,
         dst: Dst,
-        compensate: bool,
+        comp_shift: i32,
         dot: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
     ) {
         let nb = k / BLOCK;
@@ -518,10 +572,8 @@ mod x86 {
                     }
                 }
                 for h in 0..2 {
-                    let mut c = _mm256_setzero_si256();
-                    if compensate {
-                        c = _mm256_loadu_si256(p.comp.as_ptr().add(b * NR + 8 * h) as *const _);
-                    }
+                    let c = _mm256_loadu_si256(p.comp.as_ptr().add(b * NR + 8 * h) as *const _);
+                    let c = _mm256_sra_epi32(c, _mm_cvtsi32_si128(comp_shift));
                     let d = _mm256_loadu_ps(p.d.as_ptr().add(b * NR + 8 * h));
                     for r in 0..R {
                         let sum = _mm256_cvtepi32_ps(_mm256_sub_epi32(s[r][h], c));
@@ -539,29 +591,42 @@ mod x86 {
     /// # Safety
     /// As [`avx512vnni`], for AVX2, FMA and AVX-VNNI.
     #[target_feature(enable = "avx2,fma,avxvnni")]
-    pub unsafe fn avxvnni<const R: usize>(k: usize, xq: &[u8], xd: &[f32], p: Panel, dst: Dst) {
+    pub unsafe fn avxvnni<const R: usize>(
+        k: usize,
+        xq: &[u8],
+        xd: &[f32],
+        p: Panel,
+        dst: Dst,
+        comp_shift: i32,
+    ) {
         // SAFETY: the caller's promises.
         unsafe {
-            ymm::<R>(k, xq, xd, p, dst, true, |s, x, w| {
+            ymm::<R>(k, xq, xd, p, dst, comp_shift, |s, x, w| {
                 _mm256_dpbusd_avx_epi32(s, x, w)
             })
         }
     }
 
-    /// AVX2: |x| times w with x's sign, in i16 pairs (`vpmaddubsw`, no
-    /// saturation: 2 x 127 x 127 < 32767), then pairs of pairs to i32
-    /// (`vpmaddwd` by ones).
+    /// AVX2: 7-bit u8 activations times w in i16 pairs (`vpmaddubsw`, no
+    /// saturation: 2 x 127 x 128 < 32767), then pairs of pairs to i32
+    /// (`vpmaddwd` by ones), compensated.
     ///
     /// # Safety
-    /// As [`avx512vnni`], for AVX2 and FMA; activations signed.
+    /// As [`avx512vnni`], for AVX2 and FMA; activations 7-bit, shifted by 64.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2<const R: usize>(k: usize, xq: &[u8], xd: &[f32], p: Panel, dst: Dst) {
+    pub unsafe fn avx2<const R: usize>(
+        k: usize,
+        xq: &[u8],
+        xd: &[f32],
+        p: Panel,
+        dst: Dst,
+        comp_shift: i32,
+    ) {
         // SAFETY: the caller's promises.
         unsafe {
             let ones = _mm256_set1_epi16(1);
-            ymm::<R>(k, xq, xd, p, dst, false, |s, x, w| {
-                let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
-                _mm256_add_epi32(s, _mm256_madd_epi16(pairs, ones))
+            ymm::<R>(k, xq, xd, p, dst, comp_shift, |s, x, w| {
+                _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), ones))
             })
         }
     }

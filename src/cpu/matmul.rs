@@ -15,8 +15,12 @@
 //! Each output is one float32 dot product summed in k order (fused multiply-add
 //! on AVX2), then the bias is added, as torch's `addmm` rounds: the result is
 //! within float32 rounding of candle's and torch's, not bit-identical to them.
-//! The register tile exists twice: portable (`tile_generic`) and AVX2+FMA
-//! intrinsics (`avx2::tile`), chosen by the [`Isa`] the multiply is given.
+//! The register tile exists three times: portable (`tile_generic`), AVX2+FMA
+//! intrinsics (`avx2::tile`, 6 rows x two ymm) and AVX-512 intrinsics
+//! (`avx512::tile`, 12 rows x one zmm: half the instructions per product, and
+//! twice the FMA width where the CPU has two 512-bit FMA units), chosen by the
+//! [`Isa`] the multiply is given. All three sum each output in the same k
+//! order with one rounding per product (fused on the SIMD ones).
 //! q8_0 panels are multiplied by `cpu::int8`'s kernels instead, in integer
 //! arithmetic, with the same panel split across threads.
 
@@ -29,9 +33,21 @@ use super::Isa;
 
 /// Output features per packed panel (two AVX registers).
 pub const NR: usize = 16;
-/// Rows per register tile: 6 x 2 accumulators + 2 weights + 1 broadcast = 15 of
-/// the 16 AVX registers.
+/// Rows per AVX2 (and portable) register tile: 6 x 2 accumulators + 2
+/// weights + 1 broadcast = 15 of the 16 AVX registers.
 const MR: usize = 6;
+/// Rows per AVX-512 register tile: 12 accumulators + 1 weight of the 32 zmm
+/// registers, the broadcasts folded into the FMAs; 12 rows keep one weight
+/// load per 12 FMAs, so two loads per cycle feed two FMA units.
+const MR512: usize = 12;
+
+/// Rows per register tile for `isa` (the rows are packed in tiles of this many).
+fn tile_rows(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => MR512,
+        _ => MR,
+    }
+}
 /// k per block: a panel block (KC x NR floats, 16 KiB) stays in L1 while every
 /// row tile passes over it.
 const KC: usize = 256;
@@ -303,7 +319,14 @@ impl PackedMatrix {
     /// without zeroing it first (the LM head's output is 15 MB per step at 64 rows).
     pub fn matmul_vec(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
         let kernel = int8::kernel().unwrap_or_else(|e| panic!("{e}"));
-        self.product(super::isa(), kernel, x, rows, bias)
+        self.product(
+            super::isa(),
+            kernel,
+            kernel.activation_bits(),
+            x,
+            rows,
+            bias,
+        )
     }
 
     /// [`PackedMatrix::matmul_vec`] with the kernels of `isa`.
@@ -318,17 +341,21 @@ impl PackedMatrix {
         bias: Option<&[f32]>,
     ) -> Vec<f32> {
         assert!(isa.supported(), "this CPU does not support {}", isa.name());
-        self.product(isa, I8Kernel::for_isa(isa), x, rows, bias)
+        let kernel = I8Kernel::for_isa(isa);
+        self.product(isa, kernel, kernel.activation_bits(), x, rows, bias)
     }
 
     /// [`PackedMatrix::matmul_vec`] of a q8_0 matrix with the int8 kernel
-    /// `kernel` (how the tests compare each with its portable twin).
+    /// `kernel` on activations of `bits` (8 or 7; how the tests compare each
+    /// kernel with the portable one fed its activation bits).
     ///
     /// # Panics
-    /// When this CPU does not support `kernel`, or the matrix is not q8_0.
+    /// When this CPU does not support `kernel`, the matrix is not q8_0, or
+    /// the kernel cannot take `bits` (AVX2 takes only 7).
     pub fn matmul_i8_with(
         &self,
         kernel: I8Kernel,
+        bits: u32,
         x: &[f32],
         rows: usize,
         bias: Option<&[f32]>,
@@ -339,15 +366,17 @@ impl PackedMatrix {
             kernel.name()
         );
         assert!(self.is_q8_0(), "int8 kernels multiply q8_0 matrices");
-        self.product(Isa::Generic, kernel, x, rows, bias)
+        self.product(Isa::Generic, kernel, bits, x, rows, bias)
     }
 
-    /// The product with the f32 kernels of `isa` or the int8 `kernel`,
-    /// whichever the weights take; both supported by the CPU.
+    /// The product with the f32 kernels of `isa` or the int8 `kernel` on
+    /// `bits`-bit activations, whichever the weights take; both supported by
+    /// the CPU.
     fn product(
         &self,
         isa: Isa,
         kernel: I8Kernel,
+        bits: u32,
         x: &[f32],
         rows: usize,
         bias: Option<&[f32]>,
@@ -358,7 +387,7 @@ impl PackedMatrix {
         // (every row, every column below `self.out`), so all are initialized;
         // the CPU supports `isa` and `kernel` (the callers asserted it).
         unsafe {
-            self.matmul_raw(isa, kernel, x, rows, bias, SendPtr(out.as_mut_ptr()));
+            self.matmul_raw(isa, kernel, bits, x, rows, bias, SendPtr(out.as_mut_ptr()));
             out.set_len(len);
         }
         out
@@ -367,10 +396,12 @@ impl PackedMatrix {
     /// # Safety
     /// `out` points to `rows * self.out` writable floats, and the CPU supports
     /// `isa` and `kernel`.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn matmul_raw(
         &self,
         isa: Isa,
         kernel: I8Kernel,
+        bits: u32,
         x: &[f32],
         rows: usize,
         bias: Option<&[f32]>,
@@ -391,8 +422,8 @@ impl PackedMatrix {
             I8(int8::QuantizedRows),
         }
         let xp = match self.data {
-            Panels::F32(_) => Rows::F32(pack_rows(x, rows, k)),
-            Panels::Q8 { .. } => Rows::I8(int8::quantize_rows(kernel, x, rows, k)),
+            Panels::F32(_) => Rows::F32(pack_rows(x, rows, k, tile_rows(isa))),
+            Panels::Q8 { .. } => Rows::I8(int8::quantize_rows(kernel, bits, x, rows, k)),
         };
         let panels = n.div_ceil(NR);
         // Enough tasks to balance two to a few dozen threads, few enough that
@@ -503,8 +534,9 @@ impl PackedMatrix {
                 let kc = KC.min(k - k0);
                 let wblock = self.block(p, k0, kc);
                 let xblock = &xp[k0 * rows..(k0 + kc) * rows];
-                for t0 in (r0..r1).step_by(MR) {
-                    let mr = MR.min(r1 - t0);
+                let tr = tile_rows(isa);
+                for t0 in (r0..r1).step_by(tr) {
+                    let mr = tr.min(r1 - t0);
                     // A full panel's last k block goes from registers to `out`
                     // (bias added); otherwise the sums wait in `acc`.
                     let fin = (k0 + kc == k && cols == NR).then(|| Final {
@@ -605,16 +637,16 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// `x` [rows, k] repacked per k block, then per row tile, k-major within a tile
-/// ([kc][mr]): the micro-kernel broadcasts consecutive floats.
-fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
+/// `x` [rows, k] repacked per k block, then per row tile of `tr` rows, k-major
+/// within a tile ([kc][mr]): the micro-kernel broadcasts consecutive floats.
+fn pack_rows(x: &[f32], rows: usize, k: usize, tr: usize) -> Vec<f32> {
     use std::mem::MaybeUninit;
     // Written whole below, so not zeroed first (7 MB per beam-search step).
     let mut xp = Vec::<f32>::with_capacity(rows * k);
     let pack_block = |k0: usize, block: &mut [MaybeUninit<f32>]| {
         let kc = block.len() / rows;
-        for t0 in (0..rows).step_by(MR) {
-            let mr = MR.min(rows - t0);
+        for t0 in (0..rows).step_by(tr) {
+            let mr = tr.min(rows - t0);
             let tile = &mut block[t0 * kc..(t0 + mr) * kc];
             for r in 0..mr {
                 let src = &x[(t0 + r) * k + k0..(t0 + r) * k + k0 + kc];
@@ -664,9 +696,28 @@ unsafe fn tile(
     assert!(xt.len() == kc * mr && w.len() == kc * NR && acc.len() == mr);
     match isa {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 F (the caller's promise); the slices
+        // hold kc*mr and kc*NR floats; `fin` is the caller's promise.
+        Isa::Avx512 => unsafe {
+            match mr {
+                12 => avx512::tile::<12>(kc, xt, w, acc, first, fin, next),
+                11 => avx512::tile::<11>(kc, xt, w, acc, first, fin, next),
+                10 => avx512::tile::<10>(kc, xt, w, acc, first, fin, next),
+                9 => avx512::tile::<9>(kc, xt, w, acc, first, fin, next),
+                8 => avx512::tile::<8>(kc, xt, w, acc, first, fin, next),
+                7 => avx512::tile::<7>(kc, xt, w, acc, first, fin, next),
+                6 => avx512::tile::<6>(kc, xt, w, acc, first, fin, next),
+                5 => avx512::tile::<5>(kc, xt, w, acc, first, fin, next),
+                4 => avx512::tile::<4>(kc, xt, w, acc, first, fin, next),
+                3 => avx512::tile::<3>(kc, xt, w, acc, first, fin, next),
+                2 => avx512::tile::<2>(kc, xt, w, acc, first, fin, next),
+                _ => avx512::tile::<1>(kc, xt, w, acc, first, fin, next),
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 and FMA (the caller's promise); the slices
         // hold kc*mr and kc*NR floats; `fin` is the caller's promise.
-        Isa::Avx2 | Isa::Avx512 => unsafe {
+        Isa::Avx2 => unsafe {
             match mr {
                 6 => avx2::tile::<6>(kc, xt, w, acc, first, fin, next),
                 5 => avx2::tile::<5>(kc, xt, w, acc, first, fin, next),
@@ -775,6 +826,62 @@ mod avx2 {
                     for r in 0..R {
                         _mm256_storeu_ps(acc[r].as_mut_ptr(), a[r][0]);
                         _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), a[r][1]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Final, NR};
+    use std::arch::x86_64::*;
+
+    /// The register tile: R rows x 16 features, one zmm accumulator per row.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F; otherwise as `avx2::tile`.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn tile<const R: usize>(
+        kc: usize,
+        xt: &[f32],
+        w: &[f32],
+        acc: &mut [[f32; NR]],
+        first: bool,
+        fin: Option<Final>,
+        next: *const f32,
+    ) {
+        // SAFETY: the caller's promises cover every load and store below.
+        unsafe {
+            let mut a = [_mm512_setzero_ps(); R];
+            if !first {
+                for r in 0..R {
+                    a[r] = _mm512_loadu_ps(acc[r].as_ptr());
+                }
+            }
+            let (xp, wp) = (xt.as_ptr(), w.as_ptr());
+            for kk in 0..kc {
+                // One 64-byte line of the next weight block per k (see avx2::tile).
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(kk * NR) as *const i8);
+                let wv = _mm512_loadu_ps(wp.add(kk * NR));
+                for (r, ar) in a.iter_mut().enumerate() {
+                    *ar = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(kk * R + r)), wv, *ar);
+                }
+            }
+            match fin {
+                Some(f) => {
+                    let b = match f.bias {
+                        Some(b) => _mm512_loadu_ps(b),
+                        None => _mm512_setzero_ps(),
+                    };
+                    for (r, ar) in a.iter().enumerate() {
+                        _mm512_storeu_ps(f.out.add(r * f.ld), _mm512_add_ps(*ar, b));
+                    }
+                }
+                None => {
+                    for r in 0..R {
+                        _mm512_storeu_ps(acc[r].as_mut_ptr(), a[r]);
                     }
                 }
             }

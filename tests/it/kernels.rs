@@ -164,10 +164,18 @@ fn packed_matmul_equals_its_portable_twin() {
             }
             for (form, p) in &forms {
                 for bias in [None, Some(b.as_slice())] {
+                    // q8_0's twin is the portable int8 kernel fed the
+                    // activation bits of the ISA's kernel (7 on AVX2).
+                    let twin = if p.is_q8_0() {
+                        let bits = I8Kernel::for_isa(isa).activation_bits();
+                        p.matmul_i8_with(I8Kernel::Generic, bits, &x, rows, bias)
+                    } else {
+                        p.matmul_vec_with(Isa::Generic, &x, rows, bias)
+                    };
                     assert_close(
                         &format!("matmul {form} {} {rows}x{n}x{k}", isa.name()),
                         &p.matmul_vec_with(isa, &x, rows, bias),
-                        &p.matmul_vec_with(Isa::Generic, &x, rows, bias),
+                        &twin,
                         1e-5 * (k as f32).sqrt(),
                     );
                 }
@@ -197,41 +205,80 @@ fn int8_kernels_equal_their_portable_twin() {
         let p = PackedMatrix::quantize_q8_0(&w, n, k).unwrap();
         let wq = p.unpack();
         // The portable kernel against the maths it implements, in f64: x
-        // quantized per row and block as q8_0 quantizes, times the q8_0
-        // weights, plus the bias.
-        let xq: Vec<f32> = x
-            .chunks(32)
-            .flat_map(|blk| {
-                let d = blk.iter().fold(0f32, |a, &v| a.max(v.abs())) / 127.0;
-                let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
-                blk.iter().map(move |&v| (v * inv).round_ties_even() * d)
-            })
-            .collect();
-        let generic = p.matmul_i8_with(I8Kernel::Generic, &x, rows, Some(&b));
-        for r in 0..rows {
-            for j in 0..n {
-                let want: f64 = (0..k)
-                    .map(|kk| xq[r * k + kk] as f64 * wq[j * k + kk] as f64)
-                    .sum::<f64>()
-                    + b[j] as f64;
-                let got = generic[r * n + j] as f64;
-                assert!(
-                    (got - want).abs() <= 1e-5 * want.abs().max(1.0) * (k as f64).sqrt(),
-                    "generic int8 {rows}x{n}x{k} at ({r}, {j}): {got} vs {want}"
-                );
+        // quantized per row and block as q8_0 quantizes (to 127 levels, or
+        // 63 for 7-bit activations), times the q8_0 weights, plus the bias.
+        for bits in [8, 7] {
+            let levels = ((1 << (bits - 1)) - 1) as f32;
+            let xq: Vec<f32> = x
+                .chunks(32)
+                .flat_map(|blk| {
+                    let d = blk.iter().fold(0f32, |a, &v| a.max(v.abs())) / levels;
+                    let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    blk.iter().map(move |&v| (v * inv).round_ties_even() * d)
+                })
+                .collect();
+            let generic = p.matmul_i8_with(I8Kernel::Generic, bits, &x, rows, Some(&b));
+            for r in 0..rows {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|kk| xq[r * k + kk] as f64 * wq[j * k + kk] as f64)
+                        .sum::<f64>()
+                        + b[j] as f64;
+                    let got = generic[r * n + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * want.abs().max(1.0) * (k as f64).sqrt(),
+                        "generic int8 ({bits} bits) {rows}x{n}x{k} at ({r}, {j}): {got} vs {want}"
+                    );
+                }
             }
         }
+        // Each SIMD kernel against the portable one fed the same activation
+        // bits: its own (7 for AVX2), and 7 for the VNNI ones as well.
         for kernel in I8Kernel::ALL.into_iter().skip(1) {
             if !kernel.supported() {
                 eprintln!("skipped: CPU lacks {}", kernel.name());
                 continue;
             }
-            for bias in [None, Some(b.as_slice())] {
+            for bits in [kernel.activation_bits(), 7] {
+                for bias in [None, Some(b.as_slice())] {
+                    assert_close(
+                        &format!("int8 {} ({bits} bits) {rows}x{n}x{k}", kernel.name()),
+                        &p.matmul_i8_with(kernel, bits, &x, rows, bias),
+                        &p.matmul_i8_with(I8Kernel::Generic, bits, &x, rows, bias),
+                        1e-5 * (k as f32).sqrt(),
+                    );
+                }
+            }
+        }
+    }
+    // The extremes `vpmaddubsw` could saturate on: every activation at the
+    // top of its range against weights of ±127, and -128 in a weight block
+    // (GGUF files may hold it), must still give the exact integer sums.
+    let (rows, n, k) = (5, 32, 128);
+    for sign in [1.0f32, -1.0] {
+        let x = vec![sign; rows * k];
+        let mut blocks = Vec::new();
+        for j in 0..n {
+            for _ in 0..k / 32 {
+                blocks.extend_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+                let v: i8 = if j % 2 == 0 { 127 } else { -128 };
+                blocks.extend(std::iter::repeat_n(v as u8, 32));
+            }
+        }
+        let p = PackedMatrix::pack_q8_0(&blocks, n, k).unwrap();
+        let want: Vec<f32> = (0..rows * n)
+            .map(|i| {
+                let d = half::f16::from_f32(0.01).to_f32();
+                sign * k as f32 * d * if i % n % 2 == 0 { 127.0 } else { -128.0 }
+            })
+            .collect();
+        for kernel in I8Kernel::ALL.into_iter().filter(|k| k.supported()) {
+            for bits in [kernel.activation_bits(), 7] {
                 assert_close(
-                    &format!("int8 {} {rows}x{n}x{k}", kernel.name()),
-                    &p.matmul_i8_with(kernel, &x, rows, bias),
-                    &p.matmul_i8_with(I8Kernel::Generic, &x, rows, bias),
-                    1e-5 * (k as f32).sqrt(),
+                    &format!("int8 {} ({bits} bits) at the extremes", kernel.name()),
+                    &p.matmul_i8_with(kernel, bits, &x, rows, None),
+                    &want,
+                    1e-6,
                 );
             }
         }
