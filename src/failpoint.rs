@@ -1,6 +1,6 @@
 //! Fault injection for the crash tests: `TRANSUM_FAILPOINT=<name>` makes the
-//! process abort (SIGABRT: no destructors, no flushing, the same as far as our
-//! files are concerned as `kill -9`) when it reaches the point of that name.
+//! process send itself SIGKILL (`kill -9`: no destructors, no flushing, no
+//! lock released by us) when it reaches the point of that name.
 //! Unset, a failpoint is one cached environment lookup.
 //!
 //! Points: `after-article:N` (the N-th article, 1-based, is written and
@@ -15,7 +15,10 @@ static SPEC: OnceLock<Option<String>> = OnceLock::new();
 pub fn hit(name: &str) {
     let spec = SPEC.get_or_init(|| std::env::var("TRANSUM_FAILPOINT").ok());
     if spec.as_deref() == Some(name) {
-        eprintln!("transum: failpoint {name}: aborting (TRANSUM_FAILPOINT)");
+        eprintln!("transum: failpoint {name}: SIGKILL (TRANSUM_FAILPOINT)");
+        // SAFETY: kill(2) on our own pid; SIGKILL cannot be caught, so this
+        // does not return.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
         std::process::abort();
     }
 }
