@@ -41,6 +41,9 @@ Examples:
   Quantize the model once to q8_0 (GGUF), then translate with it:
     transum quantize --dtype q8_0 --out models/opus-mt-fr-en-q8_0
     transum run --model models/opus-mt-fr-en-q8_0
+  A large corpus over 3 machines (or a Slurm array / Kubernetes Indexed Job), then one merge:
+    transum run --shard 0/3     # on machine 0; 1/3 and 2/3 on the others, one outputs/
+    transum merge               # after all shards finished: summary + manifest
   Translate a file, one output line per input line:
     transum translate article.txt > article.en.txt
   Translate from stdin, splitting lines into sentences first:
@@ -81,6 +84,10 @@ pub enum Command {
     /// Write one merged summary of English articles: each fact once, with its sources.
     #[command(after_help = EXAMPLES)]
     Summarize(SummarizeArgs),
+    /// After every shard of `run --shard I/N` finished: write the summary and the corpus
+    /// manifest, exactly as a single run would. Exits 1 naming unfinished shards.
+    #[command(after_help = EXAMPLES)]
+    Merge(MergeArgs),
     /// Write a quantized copy of a model (model.gguf + config and tokenizer files).
     #[command(after_help = EXAMPLES)]
     Quantize(QuantizeArgs),
@@ -255,8 +262,54 @@ pub struct RunArgs {
 
     /// Delete the outputs of articles no longer in the corpus. Without it they are
     /// kept, listed in the manifest as orphaned_outputs, and never summarized.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["shard", "shards"])]
     pub prune: bool,
+
+    /// Run one shard of the corpus, I of N (0-based): the articles whose file name
+    /// hashes to I, into the shared --outputs, with the manifest
+    /// outputs/shards/I-of-N.json and no summary; `transum merge` then writes the
+    /// summary and the corpus manifest. Default: from a Slurm job array
+    /// (SLURM_ARRAY_TASK_ID) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX, with
+    /// --shards); the flag wins over both.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+
+    /// The number of shards, for a Kubernetes Indexed Job (its pods see only their
+    /// index): the Job's completions.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The corpus the shards ran on (to check every article was translated).
+    #[arg(long, default_value = "corpus")]
+    pub corpus: PathBuf,
+
+    /// The outputs directory the shards shared.
+    #[arg(long, default_value = "outputs")]
+    pub outputs: PathBuf,
+
+    /// The shard count; default: the one the manifests in outputs/shards/ agree on.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+
+    #[command(flatten)]
+    pub summary: SummaryArgs,
+
+    /// Quantize the --summary-lang model at load, as `run --quantize` would.
+    #[arg(long)]
+    pub quantize: Option<String>,
+
+    #[command(flatten)]
+    pub search: SearchArgs,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
+    /// If another run or merge is using the outputs directory, wait for it.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Args)]
@@ -442,6 +495,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Translate(args) => translate(args),
         Command::Download(args) => download(args),
         Command::Summarize(args) => summarize(args),
+        Command::Merge(args) => merge(args),
         Command::Quantize(args) => quantize(args),
     }
 }
@@ -601,8 +655,24 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
     // Flags are checked before anything loads.
     args.tr.search.overrides()?;
     let summary_lang = args.summary.summary_lang()?;
-    // Loaded before translating: a missing summary model is a setup error, found at once.
-    let summarizer = load_summarizer(&args.summary, &hub)?;
+    let shard = transum::shard::Shard::resolve(args.shard.as_deref(), args.shards, &|k| {
+        std::env::var(k).ok()
+    })?;
+    if let Some((s, source)) = &shard {
+        eprintln!(
+            "shard {} of {} (from {}); the summary is left to `transum merge`",
+            s.index,
+            s.count,
+            source.describe()
+        );
+    }
+    // Loaded before translating: a missing summary model is a setup error, found
+    // at once. A shard writes no summary, so it loads none.
+    let summarizer = if shard.is_some() {
+        None
+    } else {
+        load_summarizer(&args.summary, &hub)?
+    };
     let mut models = CliModels {
         search: &args.tr.search,
         placement: placement(args.tr.model.quantize.as_deref())?,
@@ -618,6 +688,7 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         routing,
         source_lang,
         summary_lang,
+        shard,
     };
     let kind = args
         .summary
@@ -628,16 +699,86 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
     let mut bars = progress::RunBars::new(&kind);
     let manifest = transum::pipeline::run(&mut models, summarizer.as_ref(), &opts, &mut bars)?;
     bars.finish();
-    Ok(report_run(&manifest, &args))
+    let manifest_path = match &opts.shard {
+        Some((s, _)) => s.manifest_path(&args.outputs),
+        None => args.outputs.join("manifest.json"),
+    };
+    Ok(report_run(
+        &manifest,
+        &args.corpus,
+        &args.outputs,
+        &manifest_path,
+    ))
+}
+
+fn merge(args: MergeArgs) -> Result<ExitCode> {
+    if !args.corpus.is_dir() {
+        anyhow::bail!(
+            "{}: corpus directory not found\n  hint: pass the --corpus the shards ran on",
+            args.corpus.display()
+        );
+    }
+    let hub = args.cache.hub();
+    args.search.overrides()?;
+    let summary_lang = args.summary.summary_lang()?;
+    let summarizer = load_summarizer(&args.summary, &hub)?;
+    let mut models = CliModels {
+        search: &args.search,
+        placement: placement(args.quantize.as_deref())?,
+        hub,
+    };
+    let opts = transum::merge::MergeOptions {
+        corpus: args.corpus.clone(),
+        outputs: args.outputs.clone(),
+        shards: args.shards,
+        max_words: args.summary.max_words,
+        summary_lang,
+        wait: args.wait,
+    };
+    let kind = args
+        .summary
+        .summarizer
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    let mut bars = progress::RunBars::new(&kind);
+    let outcome = transum::merge::merge(&mut models, summarizer.as_ref(), &opts, &mut bars)?;
+    bars.finish();
+    match outcome {
+        transum::merge::MergeOutcome::Done(manifest) => Ok(report_run(
+            &manifest,
+            &args.corpus,
+            &args.outputs,
+            &args.outputs.join("manifest.json"),
+        )),
+        transum::merge::MergeOutcome::Incomplete(problems) => {
+            eprintln!("error: not every shard has finished; nothing was merged:");
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            eprintln!("  hint: run the shards named above, then merge again");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 /// The end-of-run lines on stderr, and the exit code: 0 when every article
 /// and the summary are done, 1 when some failed (each named with its error).
-fn report_run(manifest: &Manifest, args: &RunArgs) -> ExitCode {
+fn report_run(
+    manifest: &Manifest,
+    corpus: &std::path::Path,
+    outputs: &std::path::Path,
+    manifest_path: &std::path::Path,
+) -> ExitCode {
     if manifest.articles.is_empty() {
         eprintln!(
-            "{}: no articles (*.txt) to translate; nothing to do",
-            args.corpus.display()
+            "{}: no articles (*.txt) to translate{}; nothing to do",
+            corpus.display(),
+            if manifest.shard.is_some() {
+                " in this shard"
+            } else {
+                ""
+            }
         );
     }
     let failed: Vec<_> = manifest
@@ -654,10 +795,10 @@ fn report_run(manifest: &Manifest, args: &RunArgs) -> ExitCode {
         "{} of {} articles done ({cached} unchanged since the last run, kept) in {} ({} new tokens, {:.1} tokens/s); manifest: {}",
         manifest.articles.len() - failed.len(),
         manifest.articles.len(),
-        args.outputs.display(),
+        outputs.display(),
         manifest.translated_tokens,
         manifest.tokens_per_second,
-        args.outputs.join("manifest.json").display()
+        manifest_path.display()
     );
     let mut cuts = std::collections::BTreeMap::<&str, usize>::new();
     for a in &manifest.articles {
@@ -684,7 +825,7 @@ fn report_run(manifest: &Manifest, args: &RunArgs) -> ExitCode {
                 },
                 s.articles,
                 s.sentences,
-                args.outputs.join("summary.md").display()
+                outputs.join("summary.md").display()
             );
             false
         }

@@ -130,8 +130,8 @@ pub struct SummaryTranslation {
     pub json_sha256: String,
 }
 
-/// outputs/manifest.json
-#[derive(Debug, Clone, Serialize)]
+/// outputs/manifest.json, or a shard's `outputs/shards/I-of-N.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     /// False while the run is in progress (the manifest is rewritten after
     /// every article), true once it finished.
@@ -154,6 +154,27 @@ pub struct Manifest {
     pub translated_tokens: usize,
     /// translated_tokens per second of translation time.
     pub tokens_per_second: f64,
+    /// In a shard's manifest: which shard of how many, and how it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardRecord>,
+    /// In the manifest `transum merge` writes: every shard's record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardRecord>,
+}
+
+/// One shard's run (`transum run --shard I/N`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardRecord {
+    pub index: usize,
+    pub count: usize,
+    /// What gave the index: `--shard`, a Slurm job array, a Kubernetes Indexed Job.
+    pub source: String,
+    pub host: String,
+    /// The corpus articles this shard owns.
+    pub articles: usize,
+    pub seconds: f64,
+    pub translated_tokens: usize,
+    pub tokens_per_second: f64,
 }
 
 /// A translation model a run used, and what decided its outputs.
@@ -172,8 +193,13 @@ pub struct ModelEntry {
 impl Manifest {
     /// Write `outputs/manifest.json` atomically.
     pub fn write(&self, outputs: &Path) -> Result<()> {
+        self.write_to(&outputs.join("manifest.json"))
+    }
+
+    /// Write the manifest to `path` atomically.
+    pub fn write_to(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).expect("the manifest serializes");
-        write_atomic(&outputs.join("manifest.json"), &json)
+        write_atomic(path, &json)
     }
 }
 

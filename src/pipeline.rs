@@ -14,6 +14,13 @@
 //! and settings are unchanged, and whose output is intact, is not translated
 //! again ("cached"), nor is the summary when none of its inputs changed.
 //! `--force` redoes everything.
+//!
+//! Sharded (`RunOptions::shard`, shard.rs): the run takes only the articles
+//! its shard owns, locks only its shard (a lock file that works across
+//! machines), keeps its own manifest `outputs/shards/I-of-N.json` (the same
+//! incremental, resumable record), and writes no summary; [`merge`] then
+//! checks that every shard finished and writes the corpus manifest and the
+//! summary exactly as a single run would.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,9 +29,10 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::lang::{Route, Routing};
 use crate::outputs::{
-    reusable, sha256_bytes, write_atomic, ArticleRecord, Manifest, ModelEntry, ModelRecord, Status,
-    SummaryRecord,
+    reusable, sha256_bytes, write_atomic, ArticleRecord, Manifest, ModelEntry, ModelRecord,
+    ShardRecord, Status, SummaryRecord,
 };
+use crate::shard::{Shard, ShardSource};
 use crate::summary::Summarizer;
 use crate::text::ingest;
 use crate::Translator;
@@ -72,6 +80,9 @@ pub struct RunOptions {
     pub source_lang: Option<String>,
     /// Also write the summary in this language, with this (English-to-it) model.
     pub summary_lang: Option<(String, String)>,
+    /// Run one shard of the corpus (and no summary: `merge` writes it), and
+    /// what gave its index (for the manifest).
+    pub shard: Option<(Shard, ShardSource)>,
 }
 
 /// The corpus articles (`*.txt`), sorted by name.
@@ -179,16 +190,16 @@ pub fn output_name(source: &Path) -> String {
 }
 
 /// What the previous run in this outputs directory recorded.
-struct Previous {
-    articles: BTreeMap<String, ArticleRecord>,
-    summary: Option<SummaryRecord>,
-    orphaned_outputs: Vec<String>,
+pub(crate) struct Previous {
+    pub articles: BTreeMap<String, ArticleRecord>,
+    pub summary: Option<SummaryRecord>,
+    pub orphaned_outputs: Vec<String>,
 }
 
-/// Read outputs/manifest.json, if a usable one is there (anything else means
-/// nothing is cached: the safe direction).
-fn previous_manifest(outputs: &Path) -> Option<Previous> {
-    let text = std::fs::read_to_string(outputs.join("manifest.json")).ok()?;
+/// Read a manifest (outputs/manifest.json, or a shard's), if a usable one is
+/// there (anything else means nothing is cached: the safe direction).
+pub(crate) fn previous_manifest(path: &Path) -> Option<Previous> {
+    let text = std::fs::read_to_string(path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let articles = v
         .get("articles")?
@@ -211,14 +222,19 @@ fn previous_manifest(outputs: &Path) -> Option<Previous> {
     })
 }
 
-/// Remove temporary files a killed run left (we hold the lock, so none is live).
-fn remove_stale_temporaries(outputs: &Path) {
-    let Ok(rd) = std::fs::read_dir(outputs) else {
+/// Remove temporary files a killed run left in `dir` for the files `ours`
+/// accepts (we hold their lock, so none is live; other shards' are theirs).
+fn remove_stale_temporaries(dir: &Path, ours: &dyn Fn(&str) -> bool) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".tmp-") {
+        let target = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .map(|(t, _)| t);
+        if target.is_some_and(ours) {
             tracing::info!("removing {name}, left by an interrupted run");
             let _ = std::fs::remove_file(e.path());
         }
@@ -368,6 +384,8 @@ fn new_record(path: &Path) -> ArticleRecord {
 /// in corpus order (filled as articles finish).
 struct RunState<'a> {
     opts: &'a RunOptions,
+    /// outputs/manifest.json, or the shard's.
+    manifest_path: PathBuf,
     manifest: Manifest,
     records: Vec<Option<ArticleRecord>>,
     previous: Option<Previous>,
@@ -385,7 +403,7 @@ impl RunState<'_> {
         }
         self.records[i] = Some(rec);
         self.manifest.articles = self.records.iter().flatten().cloned().collect();
-        self.manifest.write(&self.opts.outputs)?;
+        self.manifest.write_to(&self.manifest_path)?;
         self.done += 1;
         if crate::failpoint::armed() {
             crate::failpoint::hit(&format!("after-article:{}", self.done));
@@ -455,7 +473,17 @@ pub fn run(
     opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<Manifest> {
-    let paths = list_corpus(&opts.corpus)?;
+    let corpus = list_corpus(&opts.corpus)?;
+    let shard = opts.shard.as_ref().map(|(s, _)| *s);
+    // A shard's articles; the whole corpus still decides what is orphaned.
+    let paths: Vec<PathBuf> = match &shard {
+        Some(s) => corpus
+            .iter()
+            .filter(|p| s.owns(&file_name(p)))
+            .cloned()
+            .collect(),
+        None => corpus.clone(),
+    };
     std::fs::create_dir_all(&opts.outputs).map_err(|e| {
         Error::file(
             &opts.outputs,
@@ -464,13 +492,63 @@ pub fn run(
             Some(Box::new(e)),
         )
     })?;
-    let _lock = crate::lock::OutputsLock::acquire(&opts.outputs, opts.wait)?;
-    remove_stale_temporaries(&opts.outputs);
-    let recorded = previous_manifest(&opts.outputs);
-    let orphaned_outputs = orphans(&opts.outputs, &paths, recorded.as_ref(), opts.prune);
+    let manifest_path = match &shard {
+        Some(s) => s.manifest_path(&opts.outputs),
+        None => opts.outputs.join("manifest.json"),
+    };
+    // One run per outputs directory (flock), or per shard (a lock file that
+    // holds across machines, where flock does not).
+    let _lock: Box<dyn std::any::Any> = match &shard {
+        Some(s) => Box::new(crate::shard::ShardLock::acquire(
+            &opts.outputs,
+            s,
+            opts.wait,
+        )?),
+        None => Box::new(crate::lock::OutputsLock::acquire(&opts.outputs, opts.wait)?),
+    };
+    // A single run and shards must not write one outputs directory at once
+    // (shards hold their own locks, not the directory's).
+    if shard.is_none() {
+        if let Some((stem, who)) = crate::shard::running(&opts.outputs).into_iter().next() {
+            return Err(Error::file(
+                &opts.outputs,
+                format!("is being written by shard {stem} ({who})"),
+                "wait for the shards to finish and run `transum merge`, or use another --outputs",
+                None,
+            ));
+        }
+    }
+    match &shard {
+        Some(s) => {
+            let mine: std::collections::BTreeSet<String> =
+                paths.iter().map(|p| output_name(p)).collect();
+            remove_stale_temporaries(&opts.outputs, &|t| mine.contains(t));
+            let own = format!("{}.json", s.stem());
+            remove_stale_temporaries(&Shard::dir(&opts.outputs), &|t| t == own);
+        }
+        None => remove_stale_temporaries(&opts.outputs, &|_| true),
+    }
+    let recorded = previous_manifest(&manifest_path);
+    let orphaned_outputs = orphans(
+        &opts.outputs,
+        &corpus,
+        recorded.as_ref(),
+        opts.prune && shard.is_none(),
+    );
+    if let Some((s, source)) = &opts.shard {
+        tracing::info!(
+            "shard {} of {} (from {}): {} of the corpus's {} articles",
+            s.index,
+            s.count,
+            source.describe(),
+            paths.len(),
+            corpus.len()
+        );
+    }
     let start = Instant::now();
     let mut state = RunState {
         opts,
+        manifest_path: manifest_path.clone(),
         manifest: Manifest {
             complete: false,
             tool: "transum".into(),
@@ -483,6 +561,8 @@ pub fn run(
             output_tokens: 0,
             translated_tokens: 0,
             tokens_per_second: 0.0,
+            shard: None,
+            shards: Vec::new(),
         },
         records: vec![None; paths.len()],
         previous: if opts.force { None } else { recorded },
@@ -642,7 +722,7 @@ pub fn run(
     }
     let mut manifest = state.manifest;
     crate::failpoint::hit("before-summary");
-    if paths.is_empty() {
+    if corpus.is_empty() {
         // A quiet night: nothing to translate is not a failure, and an empty
         // summary would only overwrite the last good one.
         tracing::warn!(
@@ -650,7 +730,9 @@ pub fn run(
             opts.corpus.display()
         );
     }
-    manifest.summary = summarizer.filter(|_| !paths.is_empty()).map(|s| {
+    // A shard writes no summary: `merge` does, over every shard's articles.
+    let summarizer = summarizer.filter(|_| !paths.is_empty() && shard.is_none());
+    manifest.summary = summarizer.map(|s| {
         progress.summary(
             manifest
                 .articles
@@ -661,7 +743,7 @@ pub fn run(
         summary_stage(
             s,
             models,
-            opts,
+            &SummaryPlace::of(opts),
             &manifest.articles,
             state.previous.as_ref().and_then(|p| p.summary.as_ref()),
         )
@@ -681,8 +763,43 @@ pub fn run(
     } else {
         0.0
     };
-    manifest.write(&opts.outputs)?;
+    manifest.shard = opts.shard.as_ref().map(|(s, source)| ShardRecord {
+        index: s.index,
+        count: s.count,
+        source: source.describe().to_string(),
+        host: crate::shard::hostname(),
+        articles: paths.len(),
+        seconds: manifest.seconds,
+        translated_tokens: manifest.translated_tokens,
+        tokens_per_second: manifest.tokens_per_second,
+    });
+    manifest.write_to(&manifest_path)?;
     Ok(manifest)
+}
+
+/// An article path's file name (what shards are assigned by).
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Where and how the summary stage writes: the outputs directory, the word
+/// budget and the translated summary's language and model.
+pub(crate) struct SummaryPlace<'a> {
+    pub outputs: &'a Path,
+    pub max_words: usize,
+    pub summary_lang: Option<&'a (String, String)>,
+}
+
+impl<'a> SummaryPlace<'a> {
+    fn of(opts: &'a RunOptions) -> Self {
+        SummaryPlace {
+            outputs: &opts.outputs,
+            max_words: opts.max_words,
+            summary_lang: opts.summary_lang.as_ref(),
+        }
+    }
 }
 
 /// The summary in `lang` through the English-to-`lang` model `spec`, written
@@ -707,10 +824,10 @@ fn translate_summary(
 /// The summary over the translated articles, read back from `outputs/` (so
 /// translations are never all held in memory), unless nothing it depends on
 /// changed since the previous run and its files are intact.
-fn summary_stage(
+pub(crate) fn summary_stage(
     s: &Summarizer,
     models: &mut dyn Models,
-    opts: &RunOptions,
+    opts: &SummaryPlace,
     records: &[ArticleRecord],
     previous: Option<&SummaryRecord>,
 ) -> SummaryRecord {
@@ -794,14 +911,14 @@ fn summary_stage(
             })
             .collect::<Result<Vec<_>>>()
             .and_then(|english| s.summarize(&english, opts.max_words))
-            .and_then(|summary| summary.write(&opts.outputs).map(|h| (summary, h)))
+            .and_then(|summary| summary.write(opts.outputs).map(|h| (summary, h)))
             .and_then(|(summary, h)| {
                 let translation = match &opts.summary_lang {
                     Some((lang, spec)) => Some(translate_summary(
                         &summary,
                         models,
                         (lang, spec),
-                        &opts.outputs,
+                        opts.outputs,
                     )?),
                     None => None,
                 };

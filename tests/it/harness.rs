@@ -117,6 +117,12 @@ pub fn transum_env(dir: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str,
         .env_remove("RUST_LOG")
         .env_remove("HF_HUB_OFFLINE")
         .env_remove("HF_ENDPOINT")
+        // A test run inside a scheduler's job must not turn every run into a shard.
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("SLURM_ARRAY_TASK_MIN")
+        .env_remove("SLURM_ARRAY_TASK_MAX")
+        .env_remove("SLURM_ARRAY_TASK_COUNT")
+        .env_remove("JOB_COMPLETION_INDEX")
         // Lexical "same fact" unless a test names a sentence encoder: the
         // default, all-MiniLM-L6-v2, is not downloadable here.
         .env("TRANSUM_EMBED_MODEL", "none");

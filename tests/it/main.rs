@@ -16,6 +16,7 @@ mod nightly;
 mod parity;
 mod quant;
 mod run;
+mod shards;
 mod summary;
 mod summary_eval;
 mod units;
