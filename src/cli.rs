@@ -658,6 +658,11 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
     let shard = transum::shard::Shard::resolve(args.shard.as_deref(), args.shards, &|k| {
         std::env::var(k).ok()
     })?;
+    if shard.is_some() && args.prune {
+        anyhow::bail!(
+            "--prune in a sharded run (the scheduler's environment names a shard)\n  hint: prune from one place after the merge: `transum run --prune` with the same flags, which keeps every merged translation"
+        );
+    }
     if let Some((s, source)) = &shard {
         eprintln!(
             "shard {} of {} (from {}); the summary is left to `transum merge`",

@@ -170,6 +170,15 @@ fn three_parallel_shards_then_merge_equal_one_run() {
     // Merging again keeps the summary (incremental).
     assert_success(&merge(dir.path(), &[]));
     assert_eq!(manifest(dir.path())["summary"]["status"], "cached");
+    // A plain run afterwards (e.g. to --prune) redoes nothing the shards did.
+    assert_success(&transum_env(dir.path(), &args(model, &[]), None, &env()));
+    let m = manifest(dir.path());
+    assert!(m["articles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["status"] == "cached"));
+    assert_eq!(m["summary"]["status"], "cached");
 }
 
 #[test]
