@@ -141,13 +141,45 @@ impl CacheArgs {
     }
 }
 
-/// `--quantize` (or `--summary-quantize`) as a placement: f32 on the CPU, its
-/// projections quantized at load when a format is named.
-fn placement(quantize: Option<&str>) -> Result<Placement> {
-    Ok(match quantize {
-        Some(q) => Placement::cpu_quantized(transum::device::parse_quant(q)?),
-        None => Placement::cpu(),
-    })
+/// Where the models run, and in which precision: shared by `run`,
+/// `translate`, `summarize` and `merge`.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// Where the models run: cpu, cuda, cuda:N, or auto (the first GPU when this
+    /// build has CUDA and the machine a GPU, else the CPU; the log says which).
+    #[arg(
+        long,
+        env = "TRANSUM_DEVICE",
+        default_value = "auto",
+        value_name = "cpu|cuda[:N]|auto"
+    )]
+    pub device: String,
+
+    /// Precision of activations and float weights. Default: bf16 on CUDA, f32 on the
+    /// CPU. f16 and bf16 on the CPU run candle's generic ops (slower than f32's
+    /// kernels; for tests and small memory). f16 can overflow: inf or NaN in the
+    /// logits stops the article with a hint to use bf16.
+    #[arg(long, value_name = "f32|f16|bf16")]
+    pub dtype: Option<String>,
+}
+
+impl DeviceArgs {
+    /// The device, chosen once per command (`auto` logs its pick).
+    fn device(&self) -> Result<candle_core::Device> {
+        Ok(transum::device::DeviceChoice::parse(&self.device)?.device()?)
+    }
+
+    /// A placement on `device` with these flags and `quantize` (`--quantize`
+    /// or `--summary-quantize`).
+    fn placement(&self, device: &candle_core::Device, quantize: Option<&str>) -> Result<Placement> {
+        let dtype = self
+            .dtype
+            .as_deref()
+            .map(transum::device::parse_dtype)
+            .transpose()?;
+        let quantize = quantize.map(transum::device::parse_quant).transpose()?;
+        Ok(Placement::resolve(device, dtype, quantize)?)
+    }
 }
 
 /// Which summarizer writes the merged summary.
@@ -234,6 +266,9 @@ pub struct SummarizeArgs {
 
     #[command(flatten)]
     pub cache: CacheArgs,
+
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +345,9 @@ pub struct MergeArgs {
     /// If another run or merge is using the outputs directory, wait for it.
     #[arg(long)]
     pub wait: bool,
+
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -358,8 +396,9 @@ pub struct SearchArgs {
     pub min_new_tokens: Option<usize>,
 
     /// Budget of padded source tokens per batch (larger is faster, uses more memory).
-    #[arg(long, default_value_t = 2048)]
-    pub batch_tokens: usize,
+    /// Default: 2048 on the CPU, 16384 on a GPU.
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
 }
 
 impl SearchArgs {
@@ -370,13 +409,15 @@ impl SearchArgs {
             max_new_tokens: None,
             min_new_tokens: None,
             max_length_factor: transum::generation::DEFAULT_LENGTH_FACTOR,
-            batch_tokens: 2048,
+            batch_tokens: None,
         }
     }
 
     fn overrides(&self) -> Result<GenerationOverrides> {
-        if self.batch_tokens == 0 {
-            anyhow::bail!("--batch-tokens must be at least 1\n  hint: the default is 2048");
+        if self.batch_tokens == Some(0) {
+            anyhow::bail!(
+                "--batch-tokens must be at least 1\n  hint: omit it for the default (2048 on the CPU, 16384 on a GPU)"
+            );
         }
         Ok(GenerationOverrides {
             num_beams: self.beams,
@@ -409,6 +450,9 @@ pub struct TranslationArgs {
 
     #[command(flatten)]
     pub search: SearchArgs,
+
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Which models translate, and from which language.
@@ -536,7 +580,12 @@ fn quantize(args: QuantizeArgs) -> Result<ExitCode> {
 }
 
 /// Load the summarizer `args` ask for (`None` for `--summarizer none`).
-fn load_summarizer(args: &SummaryArgs, hub: &HubOptions) -> Result<Option<Summarizer>> {
+fn load_summarizer(
+    args: &SummaryArgs,
+    hub: &HubOptions,
+    dev: &DeviceArgs,
+    device: &candle_core::Device,
+) -> Result<Option<Summarizer>> {
     if args.max_words == 0 {
         anyhow::bail!("--max-words must be at least 1\n  hint: the default is 150");
     }
@@ -546,7 +595,7 @@ fn load_summarizer(args: &SummaryArgs, hub: &HubOptions) -> Result<Option<Summar
         SummarizerKind::Abstractive => {
             let files = hub::resolve(&ModelSpec::parse(&args.summary_model)?, hub)?;
             let record = files.record()?;
-            let placement = placement(args.summary_quantize.as_deref())?;
+            let placement = dev.placement(device, args.summary_quantize.as_deref())?;
             let model = Translator::load(&files, &placement, &GenerationOverrides::default())?;
             let kind = model.model.config().model_type.clone();
             if kind == "marian" {
@@ -581,6 +630,7 @@ fn summarize(args: SummarizeArgs) -> Result<ExitCode> {
     if args.summary.summarizer == SummarizerKind::None {
         anyhow::bail!("--summarizer none makes no summary\n  hint: use extractive or abstractive");
     }
+    let device = args.device.device()?;
     let mut articles = Vec::with_capacity(args.files.len());
     for f in &args.files {
         let text = read_input(&f.to_string_lossy())?;
@@ -590,8 +640,8 @@ fn summarize(args: SummarizeArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| f.display().to_string());
         articles.push(Article { name, text });
     }
-    let summarizer =
-        load_summarizer(&args.summary, &args.cache.hub())?.expect("none was rejected above");
+    let summarizer = load_summarizer(&args.summary, &args.cache.hub(), &args.device, &device)?
+        .expect("none was rejected above");
     let summary = summarizer.summarize(&articles, args.summary.max_words)?;
     // The reader's language, if asked: the translated summary is what is shown.
     let translated = match args.summary.summary_lang()? {
@@ -639,11 +689,22 @@ fn load_translator(
     // named as such, not as whatever parse error it happens to cause.
     let record = files.record()?;
     let mut translator = Translator::load(&files, placement, &overrides)?;
-    translator.batch_tokens = search.batch_tokens;
+    if let Some(n) = search.batch_tokens {
+        translator.batch_tokens = n;
+    }
     Ok((translator, record))
 }
 
 fn run_corpus(args: RunArgs) -> Result<ExitCode> {
+    // The device once, and both placements, before anything else.
+    let device = args.tr.device.device()?;
+    let placement = args
+        .tr
+        .device
+        .placement(&device, args.tr.model.quantize.as_deref())?;
+    args.tr
+        .device
+        .placement(&device, args.summary.summary_quantize.as_deref())?;
     if !args.corpus.is_dir() {
         anyhow::bail!(
             "{}: corpus directory not found\n  hint: create it and put the articles (*.txt, UTF-8) in it, or pass --corpus DIR",
@@ -676,11 +737,11 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
     let summarizer = if shard.is_some() {
         None
     } else {
-        load_summarizer(&args.summary, &hub)?
+        load_summarizer(&args.summary, &hub, &args.tr.device, &device)?
     };
     let mut models = CliModels {
         search: &args.tr.search,
-        placement: placement(args.tr.model.quantize.as_deref())?,
+        placement,
         hub: hub.clone(),
     };
     let opts = transum::pipeline::RunOptions {
@@ -717,6 +778,8 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
 }
 
 fn merge(args: MergeArgs) -> Result<ExitCode> {
+    let device = args.device.device()?;
+    let placement = args.device.placement(&device, args.quantize.as_deref())?;
     if !args.corpus.is_dir() {
         anyhow::bail!(
             "{}: corpus directory not found\n  hint: pass the --corpus the shards ran on",
@@ -726,10 +789,10 @@ fn merge(args: MergeArgs) -> Result<ExitCode> {
     let hub = args.cache.hub();
     args.search.overrides()?;
     let summary_lang = args.summary.summary_lang()?;
-    let summarizer = load_summarizer(&args.summary, &hub)?;
+    let summarizer = load_summarizer(&args.summary, &hub, &args.device, &device)?;
     let mut models = CliModels {
         search: &args.search,
-        placement: placement(args.quantize.as_deref())?,
+        placement,
         hub,
     };
     let opts = transum::merge::MergeOptions {
@@ -932,6 +995,12 @@ fn read_input(input: &str) -> Result<String> {
 }
 
 fn translate(args: TranslateArgs) -> Result<ExitCode> {
+    // Flags first: a bad device or dtype is named before any input is read.
+    let device = args.tr.device.device()?;
+    let placement = args
+        .tr
+        .device
+        .placement(&device, args.tr.model.quantize.as_deref())?;
     let text = read_input(&args.input)?;
     let name = if args.input == "-" {
         "<stdin>"
@@ -973,7 +1042,6 @@ fn translate(args: TranslateArgs) -> Result<ExitCode> {
             }
         }
     };
-    let placement = placement(args.tr.model.quantize.as_deref())?;
     let (translator, _) =
         load_translator(&spec, &placement, &args.tr.search, &args.tr.cache.hub())?;
     if let Some(l) = &input_lang {

@@ -1,8 +1,10 @@
-//! Device, dtype and quantization, decided once per run and then carried by
-//! the weight loader and the model loader.
+//! Device, dtype and quantization, decided once per run ([`Placement::resolve`]
+//! from `--device`, `--dtype` and `--quantize`) and then carried by the weight
+//! loader and the model loader.
 //!
-//! Only the CPU backend is built today; the `cuda` feature will add CUDA devices
-//! here (and only here), with logged fallbacks, never silent ones.
+//! CUDA devices exist only in a build with the `cuda` feature; asking for one
+//! elsewhere is a setup error that says how to build it, and `auto` logs what
+//! it picked, never falling back silently.
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
@@ -17,6 +19,113 @@ pub struct Placement {
     pub dtype: DType,
     /// Quantize every projection (attention, FFN, lm_head) at load time.
     pub quantize: Option<GgmlDType>,
+}
+
+/// `--device`: where the models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+    /// The first CUDA device when this build has CUDA and the machine a GPU,
+    /// else the CPU; the choice is logged.
+    Auto,
+}
+
+impl DeviceChoice {
+    /// Parse `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub fn parse(s: &str) -> Result<DeviceChoice> {
+        let l = s.trim().to_ascii_lowercase();
+        let bad = || {
+            Error::setting(
+                format!("--device {s:?} is not a device"),
+                "use cpu, cuda, cuda:N (N = 0, 1, ...) or auto",
+            )
+        };
+        Ok(match l.as_str() {
+            "cpu" => DeviceChoice::Cpu,
+            "auto" => DeviceChoice::Auto,
+            "cuda" | "gpu" => DeviceChoice::Cuda(0),
+            _ => match l.strip_prefix("cuda:") {
+                Some(n) => DeviceChoice::Cuda(n.parse().map_err(|_| bad())?),
+                None => return Err(bad()),
+            },
+        })
+    }
+
+    /// The candle device: CUDA only in a build with the `cuda` feature.
+    pub fn device(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda(n) => cuda(n),
+            DeviceChoice::Auto => {
+                let picked = if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                    cuda(0).ok()
+                } else {
+                    None
+                };
+                match picked {
+                    Some(d) => {
+                        tracing::info!("--device auto: cuda:0");
+                        Ok(d)
+                    }
+                    None => {
+                        tracing::info!(
+                            "--device auto: cpu ({})",
+                            if cfg!(feature = "cuda") {
+                                "no usable CUDA device"
+                            } else {
+                                "this build has no CUDA"
+                            }
+                        );
+                        Ok(Device::Cpu)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// CUDA device `n`.
+#[cfg(feature = "cuda")]
+fn cuda(n: usize) -> Result<Device> {
+    Device::new_cuda(n).map_err(|e| {
+        Error::setting(
+            format!("--device cuda:{n} cannot be opened: {e}"),
+            "check the driver (nvidia-smi), the device number and that the CUDA 13 libraries are on LD_LIBRARY_PATH, or use --device cpu",
+        )
+    })
+}
+
+/// CUDA device `n`: not in this build.
+#[cfg(not(feature = "cuda"))]
+fn cuda(n: usize) -> Result<Device> {
+    Err(Error::setting(
+        format!("--device cuda:{n}: this transum was built without CUDA"),
+        "build it with `cargo build --release --features cuda` (scripts/build-cuda.sh does that on a machine without CUDA installed), or use --device cpu",
+    ))
+}
+
+/// `cpu` or `cuda:N`, for logs and manifests.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// Parse `--dtype`: f32, f16 or bf16.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        _ => Err(Error::setting(
+            format!("--dtype {s:?} is not a dtype"),
+            "use f32, f16 or bf16",
+        )),
+    }
 }
 
 /// The quantization formats transum offers, by their command-line names.
@@ -55,6 +164,46 @@ impl Placement {
         }
     }
 
+    /// The placement on `device` (`--device`, resolved once per command by
+    /// [`DeviceChoice::device`]) that `--dtype` and `--quantize` ask for: bf16 by
+    /// default on CUDA, f32 on the CPU. Quantization is the CPU's (f32
+    /// activations); on CUDA, half precision takes its place.
+    pub fn resolve(
+        device: &Device,
+        dtype: Option<DType>,
+        quantize: Option<GgmlDType>,
+    ) -> Result<Placement> {
+        let device = device.clone();
+        let dtype = dtype.unwrap_or(if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        });
+        if let Some(q) = quantize {
+            if !device.is_cpu() {
+                return Err(Error::setting(
+                    format!("--quantize {} on a GPU", quant_name(q)),
+                    "quantization is for the CPU; on CUDA use --dtype bf16 (the default) or f16",
+                ));
+            }
+            if dtype != DType::F32 {
+                return Err(Error::setting(
+                    format!(
+                        "--quantize {} with --dtype {}",
+                        quant_name(q),
+                        format!("{dtype:?}").to_lowercase()
+                    ),
+                    "quantized projections take f32 activations: drop --dtype (or --quantize)",
+                ));
+            }
+        }
+        Ok(Placement {
+            device,
+            dtype,
+            quantize,
+        })
+    }
+
     /// f32 on the CPU with projections quantized to `q` at load.
     pub fn cpu_quantized(q: GgmlDType) -> Self {
         Placement {
@@ -74,15 +223,12 @@ impl Placement {
     /// Whether projections are packed for the CPU kernel (`cpu::matmul`):
     /// on the CPU in f32, where it beats candle's gemm.
     pub fn packs(&self) -> bool {
-        self.device.is_cpu() && self.dtype == DType::F32
+        self.device.is_cpu() && self.dtype == DType::F32 && crate::cpu::host_kernels()
     }
 
     /// A short human-readable name for logs and manifests.
     pub fn describe(&self) -> String {
-        let dev = match &self.device {
-            Device::Cpu => "cpu".to_string(),
-            other => format!("{other:?}").to_lowercase(),
-        };
+        let dev = device_name(&self.device);
         match self.quantize {
             Some(q) => format!("{dev}/{}", quant_name(q)),
             None => format!("{dev}/{:?}", self.dtype).to_lowercase(),

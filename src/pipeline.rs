@@ -655,19 +655,25 @@ pub fn run(
                 let entry = ModelEntry {
                     model: record.clone(),
                     languages: Vec::new(),
-                    device: "cpu".into(),
+                    device: translator.device_name(),
                     dtype: translator.precision(),
                     generation: translator.options.clone(),
                     batch_tokens: translator.batch_tokens,
                 };
                 // Everything besides the source that decides a translation.
-                let key = settings_key(serde_json::json!({
+                let mut key = serde_json::json!({
                     "model": entry.model,
                     "dtype": entry.dtype,
                     "generation": entry.generation,
                     "batch_tokens": translator.batch_tokens,
                     "max_batch": translator.max_batch,
-                }));
+                });
+                // A GPU rounds differently from the CPU kernels (CPU keys
+                // stay what they were).
+                if entry.device != "cpu" {
+                    key["device"] = entry.device.clone().into();
+                }
+                let key = settings_key(key);
                 state.manifest.models.push(entry);
                 key
             }

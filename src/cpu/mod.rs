@@ -112,6 +112,22 @@ impl Isa {
     }
 }
 
+/// The environment variable that sends the CPU through the device-generic
+/// path: `TRANSUM_DEVICE_PATH=candle` makes every layer run on candle's ops
+/// (no packed weights, no host attention, cache or norm kernels), the code
+/// CUDA runs, so that the parity goldens prove it on a machine without a GPU.
+/// Unset, or `host`: the CPU kernels.
+pub const DEVICE_PATH_ENV: &str = "TRANSUM_DEVICE_PATH";
+
+/// Whether the hand-written CPU kernels serve the CPU (see [`DEVICE_PATH_ENV`]);
+/// read once. An unknown value is an error at start-up ([`init`]).
+pub fn host_kernels() -> bool {
+    static HOST: OnceLock<bool> = OnceLock::new();
+    *HOST.get_or_init(|| {
+        !std::env::var(DEVICE_PATH_ENV).is_ok_and(|v| v.trim().eq_ignore_ascii_case("candle"))
+    })
+}
+
 static ISA: OnceLock<Isa> = OnceLock::new();
 
 /// Choose the instruction set once: `TRANSUM_CPU_ISA` if set (an unknown or
@@ -120,6 +136,14 @@ static ISA: OnceLock<Isa> = OnceLock::new();
 pub fn init() -> Result<Isa> {
     if let Some(&isa) = ISA.get() {
         return Ok(isa);
+    }
+    if let Ok(v) = std::env::var(DEVICE_PATH_ENV) {
+        if !["", "host", "candle"].contains(&v.trim().to_ascii_lowercase().as_str()) {
+            return Err(Error::setting(
+                format!("{DEVICE_PATH_ENV}={v:?} is not a device path"),
+                "use `candle` (the device-generic path) or `host` (the CPU kernels), or unset it",
+            ));
+        }
     }
     let isa = match std::env::var(ISA_ENV) {
         Ok(v) if !v.trim().is_empty() => Isa::parse(&v)?,

@@ -9,8 +9,18 @@ pub struct CpuView<'a> {
 }
 
 impl<'a> CpuView<'a> {
-    /// None unless `t` is a contiguous f32 tensor on the CPU.
+    /// None unless `t` is a contiguous f32 tensor on the CPU and the CPU
+    /// kernels are on (`TRANSUM_DEVICE_PATH`): every kernel's caller then
+    /// takes candle's ops instead.
     pub fn new(t: &'a candle_core::Tensor) -> Option<Self> {
+        if !super::host_kernels() {
+            return None;
+        }
+        Self::any(t)
+    }
+
+    /// As [`CpuView::new`], whichever path runs (for reading data out).
+    fn any(t: &'a candle_core::Tensor) -> Option<Self> {
         let (guard, layout) = t.storage_and_layout();
         let (start, end) = layout.contiguous_offsets()?;
         match &*guard {
@@ -38,7 +48,7 @@ pub fn with_f32<R>(
     t: &candle_core::Tensor,
     f: impl FnOnce(&[f32]) -> R,
 ) -> crate::error::Result<R> {
-    if let Some(v) = CpuView::new(t) {
+    if let Some(v) = CpuView::any(t) {
         return Ok(f(v.slice()));
     }
     Ok(f(&t

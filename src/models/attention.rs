@@ -172,7 +172,7 @@ impl Attention {
         kv: &KeyValue,
         mask: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
-        if !q.device().is_cpu() || q.dtype() != DType::F32 {
+        if !q.device().is_cpu() || q.dtype() != DType::F32 || !crate::cpu::host_kernels() {
             return Ok(None);
         }
         let (b, h, t, hd) = q.dims4()?;
@@ -245,7 +245,8 @@ impl Attention {
             && mask.is_none()
             && t <= FEW_QUERIES
             && q.device().is_cpu()
-            && q.dtype() == DType::F32;
+            && q.dtype() == DType::F32
+            && crate::cpu::host_kernels();
         if host_ok {
             if let (Some(kn), Some(vn)) = (CpuView::new(&new.k), CpuView::new(&new.v)) {
                 let mut host = match slot.take() {

@@ -667,7 +667,19 @@ impl Seq2Seq for BartModel {
         let ids = Tensor::from_slice(tokens, (tokens.len(), 1), &self.device)?;
         let h = self.decode(state, &ids)?;
         // [rows, vocab] with final_logits_bias, on the host.
-        self.lm_head.forward_host(&last_position(&h)?)
+        let logits = self.lm_head.forward_host(&last_position(&h)?)?;
+        // Half precision can overflow (f16 tops out at 65504): a row of inf
+        // or NaN would decode as garbage, so it stops here, loudly.
+        if self.dtype != DType::F32 && logits.iter().any(|v| !v.is_finite()) {
+            return Err(Error::setting(
+                format!(
+                    "the logits hold inf or NaN in {}: the model overflowed its precision",
+                    format!("{:?}", self.dtype).to_lowercase()
+                ),
+                "use --dtype bf16 (f32's range at f16's speed on GPUs) or --dtype f32",
+            ));
+        }
+        Ok(logits)
     }
 
     fn select_rows(&self, state: &mut BartState, rows: &[u32]) -> Result<()> {

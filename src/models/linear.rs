@@ -219,7 +219,10 @@ impl Linear {
                 // few rows, W·xᵀ then a transpose back is 1.3-3x faster than
                 // x·Wᵀ; at 64 rows the transpose copy eats the gain except for
                 // wide inputs (fc2: 2048 -> 512, 1.6x). Same numbers either way.
-                let y = if x.device().is_cpu() && (rows <= SMALL_BATCH_ROWS || in_dim > w.dim(0)?) {
+                let y = if x.device().is_cpu()
+                    && crate::cpu::host_kernels()
+                    && (rows <= SMALL_BATCH_ROWS || in_dim > w.dim(0)?)
+                {
                     w.matmul(&x2.t()?)?.t()?.contiguous()?
                 } else {
                     x2.matmul(&w.t()?)?

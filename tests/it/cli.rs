@@ -306,3 +306,64 @@ fn a_closed_stdout_ends_translate_quietly() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("error"), "{err}");
 }
+
+#[test]
+fn device_and_dtype_flags_are_checked_before_any_work() {
+    let dir = TempDir::new("device");
+    let m = fixture_model("marian-a");
+    let m = m.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "translate",
+            "-",
+            "-m",
+            m,
+            "--beams",
+            "1",
+            "--max-new-tokens",
+            "6",
+        ];
+        a.extend(extra);
+        transum(dir.path(), &a, Some("Le Kremlin a répondu.\n"))
+    };
+    // CUDA in a build without it: a setup error that says how to build it.
+    if !cfg!(feature = "cuda") {
+        for cmd in [
+            vec!["translate", "-", "--device", "cuda"],
+            vec!["run", "--device", "cuda:1"],
+            vec!["summarize", "x.txt", "--device", "cuda"],
+        ] {
+            let out = transum(dir.path(), &cmd, Some(""));
+            assert_eq!(out.status.code(), Some(2), "{cmd:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("built without CUDA") && err.contains("--features cuda"),
+                "{err}"
+            );
+        }
+    }
+    for (flags, want) in [
+        (vec!["--device", "tpu"], "cpu, cuda, cuda:N"),
+        (vec!["--dtype", "f8"], "f32, f16 or bf16"),
+        (
+            vec!["--quantize", "q8_0", "--dtype", "bf16"],
+            "f32 activations",
+        ),
+    ] {
+        let out = run(&flags);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{flags:?}: {err}");
+    }
+    // auto is the CPU here; f32 on the CPU is the default and the same run.
+    let default = run(&[]);
+    assert_eq!(default.status.code(), Some(0));
+    assert_eq!(
+        run(&["--device", "auto", "--dtype", "f32"]).stdout,
+        default.stdout
+    );
+    assert_eq!(run(&["--device", "cpu"]).stdout, default.stdout);
+    for dtype in ["f16", "bf16"] {
+        assert_eq!(run(&["--dtype", dtype]).status.code(), Some(0), "{dtype}");
+    }
+}

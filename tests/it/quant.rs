@@ -135,6 +135,12 @@ fn q8_0_on_the_parity_fixtures_is_reported() {
 /// initialisation) and widths every format can quantize (k-quants need
 /// 256-wide blocks, wider than any fixture).
 fn wide_model(seed: u64) -> (BartConfig, BartModel) {
+    wide_model_in(seed, DType::F32)
+}
+
+/// [`wide_model`] with its float weights in `dtype` (f16, bf16: the
+/// device-generic path's half precisions, here on the CPU).
+fn wide_model_in(seed: u64, dtype: DType) -> (BartConfig, BartModel) {
     let config = BartConfig::from_json(
         r#"{"model_type": "marian", "activation_function": "swish", "d_model": 256,
         "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
@@ -143,12 +149,82 @@ fn wide_model(seed: u64) -> (BartConfig, BartModel) {
         "eos_token_id": 0, "forced_eos_token_id": 0}"#,
     )
     .unwrap();
-    let w = Weights::from_tensors(
-        transum::bench::random_weights(&config, seed).unwrap(),
-        &Device::Cpu,
-        DType::F32,
-    );
+    let tensors = transum::bench::random_weights(&config, seed)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.to_dtype(dtype).unwrap()))
+        .collect();
+    let w = Weights::from_tensors(tensors, &Device::Cpu, dtype);
     (config.clone(), BartModel::load(config, &w).unwrap())
+}
+
+#[test]
+fn f16_overflow_stops_loudly_with_the_fix() {
+    // Logits beyond f16's 65504 (a bias of 1e5 here): inf, never garbage.
+    let (config, _) = wide_model(7);
+    let tensors = transum::bench::random_weights(&config, 7)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            let t = if k == "final_logits_bias" {
+                (t.ones_like().unwrap() * 1e5).unwrap()
+            } else {
+                t
+            };
+            (k, t.to_dtype(DType::F16).unwrap())
+        })
+        .collect();
+    let w = Weights::from_tensors(tensors, &Device::Cpu, DType::F16);
+    let m = BartModel::load(config, &w).unwrap();
+    let input = Tensor::from_vec(vec![5u32, 6, 0], (1, 3), &Device::Cpu).unwrap();
+    let mask = Tensor::ones((1, 3), DType::U32, &Device::Cpu).unwrap();
+    let err = m
+        .step(&mut m.start(&input, &mask).unwrap(), &[999])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("inf or NaN") && err.contains("--dtype bf16"),
+        "{err}"
+    );
+}
+
+#[test]
+fn half_precision_on_the_cpu_is_within_two_percent_of_f32() {
+    // The device-generic path (candle's ops) in f16 and bf16, on the CPU:
+    // what CUDA runs, measured by teacher forcing against f32.
+    let inputs: Vec<Vec<u32>> = (0..12u32)
+        .map(|i| {
+            (0..(8 + i % 9))
+                .map(|j| 1 + (i * 37 + j * 101) % 990)
+                .chain([0])
+                .collect()
+        })
+        .collect();
+    let (_, f) = wide_model(7);
+    let (f, _, _) = f.prepare(&Placement::cpu()).unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        let placement = Placement {
+            device: Device::Cpu,
+            dtype,
+            quantize: None,
+        };
+        assert!(!placement.packs(), "half precision takes candle's ops");
+        let (_, h) = wide_model_in(7, dtype);
+        let (h, _, _) = h.prepare(&placement).unwrap();
+        let (err, agree, n) = teacher_forced(&f, &h, 999, &inputs, 12);
+        eprintln!(
+            "{dtype:?} on the CPU: relative L2 error {:.3}%, top-1 agreement {:.1}% over {n} confident steps",
+            err * 100.0,
+            agree * 100.0
+        );
+        assert!(err <= 0.02, "{dtype:?}: {:.2}% > 2%", err * 100.0);
+        assert!(n >= 100, "{dtype:?}: too few confident steps ({n})");
+        assert!(
+            agree >= 0.95,
+            "{dtype:?}: top-1 agreement {:.1}%",
+            agree * 100.0
+        );
+    }
 }
 
 #[test]
