@@ -3,7 +3,8 @@
 //! exactly 48 new tokens each, batch 16 (and 32), greedy and beam 4.
 //!
 //! Run: `cargo bench --bench throughput` (add `-- --batch 16 --beams 1
-//! [--quantize q8_0]` for one configuration; `-- --quantize q8_0` alone runs
+//! [--quantize q8_0] [--device cuda --dtype bf16] [--sentences FILE.json]` for
+//! one configuration; `-- --quantize q8_0` alone runs
 //! every batch/beam configuration quantized). Each configuration runs in its own child process so that its
 //! peak RSS is its own. Prints target tokens/s, peak RSS and load time.
 //!
@@ -84,7 +85,20 @@ fn corpus_sentences() -> Vec<String> {
     (0..SENTENCES).map(|i| out[i % out.len()].clone()).collect()
 }
 
-fn run_one(dir: &Path, batch: usize, beams: usize, json: bool, quant: Option<&str>) {
+/// One configuration. `device`/`dtype`: `--device`, `--dtype` as the CLI takes
+/// them (default: the CPU in f32); `sentences`: a JSON list of source
+/// sentences instead of the corpus's (for a machine without the repository).
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    dir: &Path,
+    batch: usize,
+    beams: usize,
+    json: bool,
+    quant: Option<&str>,
+    device: Option<&str>,
+    dtype: Option<&str>,
+    sentences: Option<&str>,
+) {
     let files = ModelFiles {
         dir: dir.to_path_buf(),
         weights: transum::weights::find_weight_file(dir).unwrap(),
@@ -97,15 +111,28 @@ fn run_one(dir: &Path, batch: usize, beams: usize, json: bool, quant: Option<&st
         min_new_tokens: Some(NEW_TOKENS),
         ..Default::default()
     };
-    let placement = match quant {
-        Some(q) => Placement::cpu_quantized(transum::device::parse_quant(q).unwrap()),
-        None => Placement::cpu(),
-    };
+    let device = transum::device::DeviceChoice::parse(device.unwrap_or("cpu"))
+        .and_then(|d| d.device())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let placement = Placement::resolve(
+        &device,
+        dtype.map(|d| transum::device::parse_dtype(d).unwrap()),
+        quant.map(|q| transum::device::parse_quant(q).unwrap()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut tr = Translator::load(&files, &placement, &overrides).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
     tr.max_batch = batch;
     tr.batch_tokens = usize::MAX;
-    let sentences = corpus_sentences();
+    let sentences = match sentences {
+        Some(f) => serde_json::from_str::<Vec<String>>(&std::fs::read_to_string(f).unwrap())
+            .unwrap()
+            .into_iter()
+            .cycle()
+            .take(SENTENCES)
+            .collect(),
+        None => corpus_sentences(),
+    };
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let t1 = Instant::now();
     let out = tr.translate(&refs).unwrap();
@@ -124,8 +151,9 @@ fn run_one(dir: &Path, batch: usize, beams: usize, json: bool, quant: Option<&st
         return;
     }
     println!(
-        "{:<5} beams={beams} batch={batch:<3} {:>8.1} tok/s  {tokens} tokens in {secs:>6.2}s  peak RSS {rss:>6.0} MiB  load {load_s:.2}s",
+        "{:<5} {} beams={beams} batch={batch:<3} {:>8.1} tok/s  {tokens} tokens in {secs:>6.2}s  peak RSS {rss:>6.0} MiB  load {load_s:.2}s",
         tr.precision(),
+        tr.device_name(),
         tokens as f64 / secs
     );
 }
@@ -216,6 +244,11 @@ fn main() {
         .iter()
         .position(|a| a == "--quantize")
         .map(|i| args[i + 1].clone());
+    let text = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args[i + 1].clone())
+    };
     if let (Some(batch), Some(beams)) = (arg("--batch"), arg("--beams")) {
         run_one(
             &dir,
@@ -223,6 +256,9 @@ fn main() {
             beams,
             args.iter().any(|a| a == "--json"),
             quant.as_deref(),
+            text("--device").as_deref(),
+            text("--dtype").as_deref(),
+            text("--sentences").as_deref(),
         );
         return;
     }

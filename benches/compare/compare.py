@@ -49,10 +49,20 @@ def bench_binary():
 
 def build_model():
     """Save the model (transformers layout, vocab padded to 59,514) and CT2 conversions."""
+    hf_dir = build_hf_model(os.path.join(WORK, "hf"))
+    for quant in ["float32", "int8"]:
+        out = os.path.join(WORK, f"ct2-{quant}")
+        if not os.path.exists(out):
+            subprocess.run(["ct2-transformers-converter", "--model", hf_dir, "--output_dir", out,
+                            "--quantization", quant, "--force"], check=True)
+    return hf_dir
+
+
+def build_hf_model(hf_dir):
+    """The opus-mt-fr-en-shaped random model in transformers' layout, saved once in hf_dir."""
     import torch
     from transformers import MarianConfig, MarianMTModel
 
-    hf_dir = os.path.join(WORK, "hf")
     if os.path.exists(os.path.join(hf_dir, "model.safetensors")):
         return hf_dir
     os.makedirs(hf_dir, exist_ok=True)
@@ -84,11 +94,6 @@ def build_model():
     torch.manual_seed(0)
     model = MarianMTModel(config).eval()
     model.save_pretrained(hf_dir)
-    for quant in ["float32", "int8"]:
-        out = os.path.join(WORK, f"ct2-{quant}")
-        if not os.path.exists(out):
-            subprocess.run(["ct2-transformers-converter", "--model", hf_dir, "--output_dir", out,
-                            "--quantization", quant, "--force"], check=True)
     return hf_dir
 
 
