@@ -18,7 +18,7 @@
 //! Sharded (`RunOptions::shard`, shard.rs): the run takes only the articles
 //! its shard owns, locks only its shard (a lock file that works across
 //! machines), keeps its own manifest `outputs/shards/I-of-N.json` (the same
-//! incremental, resumable record), and writes no summary; [`merge`] then
+//! incremental, resumable record), and writes no summary; `crate::merge` then
 //! checks that every shard finished and writes the corpus manifest and the
 //! summary exactly as a single run would.
 
