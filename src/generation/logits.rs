@@ -60,12 +60,38 @@ impl LogitsProcessor {
     /// `history` and whose decoder length is limited to `max_length` (the
     /// row's own limit: see [`super::GenerationOptions::row_limit`]).
     pub fn apply(&self, history: &[u32], max_length: usize, scores: &mut [f32]) {
-        let cur_len = history.len();
-        let mut ban = |id: u32| {
+        let c = self.constraint(history, max_length);
+        for &id in &c.banned {
             if let Some(s) = scores.get_mut(id as usize) {
                 *s = f32::NEG_INFINITY;
             }
-        };
+        }
+        if let Some(forced) = &c.forced {
+            scores.fill(f32::NEG_INFINITY);
+            for &id in forced {
+                if let Some(s) = scores.get_mut(id as usize) {
+                    *s = 0.0;
+                }
+            }
+        }
+        if self.renormalize {
+            log_softmax_in_place(scores);
+        }
+    }
+
+    /// Whether the chain ends with `renormalize_logits` (a log-softmax).
+    pub fn renormalizes(&self) -> bool {
+        self.renormalize
+    }
+
+    /// What the processors do to a row, without its scores: the ids they
+    /// set to -inf, or the ids they force (all others -inf, these 0). The
+    /// device search applies this on the device; [`LogitsProcessor::apply`]
+    /// on the host.
+    pub fn constraint(&self, history: &[u32], max_length: usize) -> RowConstraint {
+        let cur_len = history.len();
+        let mut banned = Vec::new();
+        let mut ban = |id: u32| banned.push(id);
         let n = self.no_repeat_ngram;
         if n > 0 && cur_len >= n {
             // Every earlier window whose first n-1 tokens equal the last n-1
@@ -91,24 +117,25 @@ impl LogitsProcessor {
                 ban(e);
             }
         }
+        // Forced EOS comes after forced BOS in the chain, so it wins.
+        let mut forced = None;
         if let (Some(bos), 1) = (self.forced_bos, cur_len) {
-            scores.fill(f32::NEG_INFINITY);
-            if let Some(s) = scores.get_mut(bos as usize) {
-                *s = 0.0;
-            }
+            forced = Some(vec![bos]);
         }
         if !self.forced_eos.is_empty() && cur_len + 1 == max_length {
-            scores.fill(f32::NEG_INFINITY);
-            for &e in &self.forced_eos {
-                if let Some(s) = scores.get_mut(e as usize) {
-                    *s = 0.0;
-                }
-            }
+            forced = Some(self.forced_eos.clone());
         }
-        if self.renormalize {
-            log_softmax_in_place(scores);
-        }
+        RowConstraint { banned, forced }
     }
+}
+
+/// What the processors do to one row (see [`LogitsProcessor::constraint`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowConstraint {
+    /// Ids set to -inf.
+    pub banned: Vec<u32>,
+    /// When set: every id but these is -inf, and these are 0.
+    pub forced: Option<Vec<u32>>,
 }
 
 /// `log_softmax` over one row, in f32 like torch (vectorized kernel).

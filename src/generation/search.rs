@@ -10,7 +10,7 @@
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::logits::{argmax_with_margin, log_softmax_in_place, LogitsProcessor};
+use super::logits::{argmax_with_margin, log_softmax_in_place, LogitsProcessor, RowConstraint};
 use super::{EarlyStopping, GenerationOptions, LengthLimit};
 use crate::error::Result;
 use crate::models::Seq2Seq;
@@ -90,17 +90,28 @@ fn greedy<M: Seq2Seq>(
             .iter()
             .map(|&i| *histories[i].last().unwrap())
             .collect();
-        let mut logits = model.step(&mut state, &last)?;
         let mut keep = Vec::with_capacity(active.len());
-        // Rows are independent: process and pick in parallel, record in order.
-        let picked: Vec<(u32, f32)> = logits
-            .par_chunks_mut(vocab)
-            .zip(active.par_iter())
-            .map(|(scores, &i)| {
-                processor.apply(&histories[i], limits[i].0, scores);
-                argmax_with_margin(scores)
-            })
-            .collect();
+        let picked: Vec<(u32, f32)> = if model.searches_on_device() {
+            // The processors applied and the argmax taken where the logits
+            // are: only each row's id and margin cross to the host.
+            let logits = model.step_tensor(&mut state, &last)?;
+            let rows: Vec<RowConstraint> = active
+                .iter()
+                .map(|&i| processor.constraint(&histories[i], limits[i].0))
+                .collect();
+            pick_on_device(&logits, &rows, processor.renormalizes())?
+        } else {
+            let mut logits = model.step(&mut state, &last)?;
+            // Rows are independent: process and pick in parallel, record in order.
+            logits
+                .par_chunks_mut(vocab)
+                .zip(active.par_iter())
+                .map(|(scores, &i)| {
+                    processor.apply(&histories[i], limits[i].0, scores);
+                    argmax_with_margin(scores)
+                })
+                .collect()
+        };
         for (row, (&i, (token, margin))) in active.iter().zip(picked).enumerate() {
             histories[i].push(token);
             margins[i] = margins[i].min(margin);
@@ -125,6 +136,74 @@ fn greedy<M: Seq2Seq>(
             tokens: h[1..].to_vec(),
             score: None,
             min_margin: m,
+        })
+        .collect())
+}
+
+/// Greedy's pick on the logits' device: each row's constraint applied
+/// (bans as one scatter-add of -inf; forced rows decided from their forced
+/// ids alone, as the host's argmax over all -inf but those would), the
+/// optional log-softmax, then the first maximum and the top-1 minus top-2
+/// margin. Only `rows` ids and margins come back.
+fn pick_on_device(
+    logits: &Tensor,
+    rows: &[RowConstraint],
+    renormalize: bool,
+) -> Result<Vec<(u32, f32)>> {
+    let (n, vocab) = logits.dims2()?;
+    let dev = logits.device();
+    let in_range = |ids: &[u32]| -> Vec<u32> {
+        ids.iter()
+            .copied()
+            .filter(|&id| (id as usize) < vocab)
+            .collect()
+    };
+    let banned: Vec<Vec<u32>> = rows.iter().map(|c| in_range(&c.banned)).collect();
+    let width = banned.iter().map(Vec::len).max().unwrap_or(0);
+    let mut logits = logits.clone();
+    if width > 0 {
+        // Rows with fewer bans are padded with +0 at id 0 (adds nothing).
+        let mut idx = Vec::with_capacity(n * width);
+        let mut val = Vec::with_capacity(n * width);
+        for b in &banned {
+            for j in 0..width {
+                idx.push(b.get(j).copied().unwrap_or(0));
+                val.push(if j < b.len() { f32::NEG_INFINITY } else { 0.0 });
+            }
+        }
+        logits = logits.scatter_add(
+            &Tensor::from_vec(idx, (n, width), dev)?,
+            &Tensor::from_vec(val, (n, width), dev)?,
+            1,
+        )?;
+    }
+    if renormalize {
+        logits = candle_nn::ops::log_softmax(&logits, 1)?;
+    }
+    let best = logits.argmax_keepdim(1)?;
+    let top = logits.max_keepdim(1)?;
+    let without_best =
+        logits.scatter_add(&best, &Tensor::full(f32::NEG_INFINITY, (n, 1), dev)?, 1)?;
+    let margin = (top - without_best.max_keepdim(1)?)?;
+    let best = best.flatten_all()?.to_vec1::<u32>()?;
+    let margin = margin.flatten_all()?.to_vec1::<f32>()?;
+    Ok(rows
+        .iter()
+        .zip(best.into_iter().zip(margin))
+        .map(|(c, picked)| match &c.forced {
+            // All -inf but the forced ids at 0: the first of them, by a
+            // margin of 0 when two tie, else of +inf (none in range: id 0
+            // and NaN, as the host's argmax over an all -inf row).
+            Some(f) => {
+                let mut f = in_range(f);
+                f.sort_unstable();
+                f.dedup();
+                match f.iter().min() {
+                    Some(&id) => (id, if f.len() > 1 { 0.0 } else { f32::INFINITY }),
+                    None => (0, f32::NAN),
+                }
+            }
+            None => picked,
         })
         .collect())
 }

@@ -458,6 +458,17 @@ impl BartModel {
         })
     }
 
+    /// Half-precision logits that hold inf or NaN: the error and its fix.
+    fn overflowed(&self) -> Error {
+        Error::setting(
+            format!(
+                "the logits hold inf or NaN in {}: the model overflowed its precision",
+                format!("{:?}", self.dtype).to_lowercase()
+            ),
+            "use --dtype bf16 (f32's range at f16's speed on GPUs) or --dtype f32",
+        )
+    }
+
     /// The parsed config.json.
     pub fn config(&self) -> &BartConfig {
         &self.config
@@ -671,15 +682,25 @@ impl Seq2Seq for BartModel {
         // Half precision can overflow (f16 tops out at 65504): a row of inf
         // or NaN would decode as garbage, so it stops here, loudly.
         if self.dtype != DType::F32 && logits.iter().any(|v| !v.is_finite()) {
-            return Err(Error::setting(
-                format!(
-                    "the logits hold inf or NaN in {}: the model overflowed its precision",
-                    format!("{:?}", self.dtype).to_lowercase()
-                ),
-                "use --dtype bf16 (f32's range at f16's speed on GPUs) or --dtype f32",
-            ));
+            return Err(self.overflowed());
         }
         Ok(logits)
+    }
+
+    fn step_tensor(&self, state: &mut BartState, tokens: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::from_slice(tokens, (tokens.len(), 1), &self.device)?;
+        let h = self.decode(state, &ids)?;
+        let logits = to_f32(&self.lm_head.forward(&last_position(&h)?)?)?;
+        // As in `step`: half precision that overflowed stops here (one scalar
+        // crosses to the host: inf or NaN anywhere makes the sum non-finite).
+        if self.dtype != DType::F32 && !logits.sum_all()?.to_scalar::<f32>()?.is_finite() {
+            return Err(self.overflowed());
+        }
+        Ok(logits)
+    }
+
+    fn searches_on_device(&self) -> bool {
+        !self.device.is_cpu() || !crate::cpu::host_kernels()
     }
 
     fn select_rows(&self, state: &mut BartState, rows: &[u32]) -> Result<()> {

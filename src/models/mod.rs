@@ -41,6 +41,26 @@ pub trait Seq2Seq {
     /// model hands over the layout it computes fastest into this one.
     fn step(&self, state: &mut Self::State, tokens: &[u32]) -> Result<Vec<f32>>;
 
+    /// [`Seq2Seq::step`] leaving the logits where the model computed them:
+    /// f32 [rows, vocab] on the model's device (the device search reads back
+    /// only the chosen ids).
+    fn step_tensor(&self, state: &mut Self::State, tokens: &[u32]) -> Result<Tensor> {
+        let rows = tokens.len();
+        let logits = self.step(state, tokens)?;
+        Ok(Tensor::from_vec(
+            logits,
+            (rows, self.vocab_size()),
+            &candle_core::Device::Cpu,
+        )?)
+    }
+
+    /// Whether search should run on the model's device ([`Seq2Seq::step_tensor`])
+    /// rather than on host logits: off the CPU, and on the CPU's
+    /// device-generic path (`TRANSUM_DEVICE_PATH=candle`), which proves it.
+    fn searches_on_device(&self) -> bool {
+        false
+    }
+
     /// Keep only the given rows of the state, in the given order (rows may repeat).
     fn select_rows(&self, state: &mut Self::State, rows: &[u32]) -> Result<()>;
 

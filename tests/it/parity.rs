@@ -351,3 +351,22 @@ fn checkpoint_generation_settings_are_used() {
     );
     assert_eq!((t.options.num_beams, t.options.max_length), (1, 6));
 }
+
+/// The goldens above prove whichever path runs; this says which one ran.
+/// With `TRANSUM_DEVICE_PATH=candle` (a CI pass) greedy search picks on the
+/// logits' device and no weight is packed; otherwise the host kernels run.
+#[test]
+fn the_device_path_switch_decides_where_search_runs() {
+    let t = translator("marian-a", &GenerationOverrides::default());
+    let host = transum::cpu::host_kernels();
+    assert_eq!(t.model.searches_on_device(), !host);
+    assert_eq!(transum::device::Placement::cpu().packs(), host);
+    eprintln!(
+        "search on the {}",
+        if host {
+            "host (CPU kernels)"
+        } else {
+            "device (candle's ops)"
+        }
+    );
+}
