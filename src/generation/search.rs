@@ -152,31 +152,8 @@ fn pick_on_device(
 ) -> Result<Vec<(u32, f32)>> {
     let (n, vocab) = logits.dims2()?;
     let dev = logits.device();
-    let in_range = |ids: &[u32]| -> Vec<u32> {
-        ids.iter()
-            .copied()
-            .filter(|&id| (id as usize) < vocab)
-            .collect()
-    };
-    let banned: Vec<Vec<u32>> = rows.iter().map(|c| in_range(&c.banned)).collect();
-    let width = banned.iter().map(Vec::len).max().unwrap_or(0);
-    let mut logits = logits.clone();
-    if width > 0 {
-        // Rows with fewer bans are padded with +0 at id 0 (adds nothing).
-        let mut idx = Vec::with_capacity(n * width);
-        let mut val = Vec::with_capacity(n * width);
-        for b in &banned {
-            for j in 0..width {
-                idx.push(b.get(j).copied().unwrap_or(0));
-                val.push(if j < b.len() { f32::NEG_INFINITY } else { 0.0 });
-            }
-        }
-        logits = logits.scatter_add(
-            &Tensor::from_vec(idx, (n, width), dev)?,
-            &Tensor::from_vec(val, (n, width), dev)?,
-            1,
-        )?;
-    }
+    let in_range = |ids: &[u32]| in_vocab(ids, vocab);
+    let mut logits = ban_on_device(logits, rows)?;
     if renormalize {
         logits = candle_nn::ops::log_softmax(&logits, 1)?;
     }
@@ -204,6 +181,141 @@ fn pick_on_device(
                 }
             }
             None => picked,
+        })
+        .collect())
+}
+
+/// The ids of `ids` inside a `vocab`-wide row.
+fn in_vocab(ids: &[u32], vocab: usize) -> Vec<u32> {
+    ids.iter()
+        .copied()
+        .filter(|&id| (id as usize) < vocab)
+        .collect()
+}
+
+/// Each row's banned ids set to -inf, as one scatter-add (rows with fewer
+/// bans padded with +0 at id 0, which adds nothing).
+fn ban_on_device(logits: &Tensor, rows: &[RowConstraint]) -> Result<Tensor> {
+    let (n, vocab) = logits.dims2()?;
+    let banned: Vec<Vec<u32>> = rows.iter().map(|c| in_vocab(&c.banned, vocab)).collect();
+    let width = banned.iter().map(Vec::len).max().unwrap_or(0);
+    if width == 0 {
+        return Ok(logits.clone());
+    }
+    let mut idx = Vec::with_capacity(n * width);
+    let mut val = Vec::with_capacity(n * width);
+    for b in &banned {
+        for j in 0..width {
+            idx.push(b.get(j).copied().unwrap_or(0));
+            val.push(if j < b.len() { f32::NEG_INFINITY } else { 0.0 });
+        }
+    }
+    let dev = logits.device();
+    Ok(logits.scatter_add(
+        &Tensor::from_vec(idx, (n, width), dev)?,
+        &Tensor::from_vec(val, (n, width), dev)?,
+        1,
+    )?)
+}
+
+/// Rows with forced ids become -inf but those ids, which become 0 (the
+/// host's `apply` does the same after its bans, which forcing overrides).
+fn force_on_device(logits: &Tensor, rows: &[RowConstraint]) -> Result<Tensor> {
+    let (n, vocab) = logits.dims2()?;
+    let forced: Vec<Option<Vec<u32>>> = rows
+        .iter()
+        .map(|c| c.forced.as_ref().map(|f| in_vocab(f, vocab)))
+        .collect();
+    if forced.iter().all(Option::is_none) {
+        return Ok(logits.clone());
+    }
+    let width = forced
+        .iter()
+        .flatten()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let dev = logits.device();
+    // 1 at each forced id of a forced row (padded with its first id), +0 at
+    // id 0 elsewhere.
+    let mut idx = Vec::with_capacity(n * width);
+    let mut val = Vec::with_capacity(n * width);
+    for f in &forced {
+        for j in 0..width {
+            match f.as_deref() {
+                Some(ids) if !ids.is_empty() => {
+                    idx.push(ids.get(j).copied().unwrap_or(ids[0]));
+                    val.push(1f32);
+                }
+                _ => {
+                    idx.push(0);
+                    val.push(0f32);
+                }
+            }
+        }
+    }
+    let zeros = Tensor::zeros((n, vocab), candle_core::DType::F32, dev)?;
+    let hits = zeros.scatter_add(
+        &Tensor::from_vec(idx, (n, width), dev)?,
+        &Tensor::from_vec(val, (n, width), dev)?,
+        1,
+    )?;
+    let neg = Tensor::full(f32::NEG_INFINITY, (n, vocab), dev)?;
+    let forced_rows = hits.ne(0f32)?.where_cond(&zeros, &neg)?;
+    let is_forced: Vec<u8> = forced.iter().map(|f| f.is_some() as u8).collect();
+    let is_forced = Tensor::from_vec(is_forced, (n, 1), dev)?.broadcast_as((n, vocab))?;
+    Ok(is_forced.where_cond(&forced_rows, logits)?)
+}
+
+/// Beam search's candidates on the logits' device: each row's
+/// log-softmax, its constraint (bans, forced ids), the optional
+/// renormalization and its beam's running score, as the host does; then per
+/// item (its `nb` rows side by side) the `k` best (score, beam * vocab +
+/// token), best first, ties to the lower index (as [`top_k`]), by `k`
+/// rounds of argmax. Only those cross to the host.
+fn beam_candidates_on_device(
+    logits: &Tensor,
+    rows: &[RowConstraint],
+    scores: &[f32],
+    renormalize: bool,
+    nb: usize,
+    k: usize,
+) -> Result<Vec<Vec<(f32, usize)>>> {
+    let (n, vocab) = logits.dims2()?;
+    let dev = logits.device();
+    let mut x = candle_nn::ops::log_softmax(logits, 1)?;
+    x = force_on_device(&ban_on_device(&x, rows)?, rows)?;
+    if renormalize {
+        x = candle_nn::ops::log_softmax(&x, 1)?;
+    }
+    x = x.broadcast_add(&Tensor::from_vec(scores.to_vec(), (n, 1), dev)?)?;
+    let items = n / nb;
+    // -inf held as the lowest finite value, so that a taken entry (set to
+    // -inf) is never the maximum again: ties among the -inf ones then go to
+    // the lower index, as on the host.
+    let mut x = x.reshape((items, nb * vocab))?.maximum(f32::MIN)?;
+    let taken = Tensor::full(f32::NEG_INFINITY, (items, 1), dev)?;
+    let (mut idx, mut val) = (Vec::new(), Vec::new());
+    for _ in 0..k.min(nb * vocab) {
+        let best = x.argmax_keepdim(1)?;
+        val.push(x.gather(&best, 1)?);
+        x = x.scatter_add(&best, &taken, 1)?;
+        idx.push(best);
+    }
+    let idx = Tensor::cat(&idx, 1)?.to_vec2::<u32>()?;
+    let val = Tensor::cat(&val, 1)?.to_vec2::<f32>()?;
+    Ok(idx
+        .into_iter()
+        .zip(val)
+        .map(|(i, v)| {
+            i.into_iter()
+                .zip(v)
+                .map(|(i, v)| {
+                    let v = if v == f32::MIN { f32::NEG_INFINITY } else { v };
+                    (v, i as usize)
+                })
+                .collect()
         })
         .collect())
 }
@@ -290,38 +402,63 @@ fn beam<M: Seq2Seq>(
             .iter()
             .flat_map(|&i| items[i].running.iter().map(|(h, _)| *h.last().unwrap()))
             .collect();
-        let mut logits = if repeated {
-            model.step(&mut state, &last)?
-        } else {
-            let first: Vec<u32> = last.iter().step_by(nb).copied().collect();
-            let one = model.step(&mut state, &first)?;
-            model.repeat_rows(&mut state, nb)?;
-            repeated = true;
-            let mut all = Vec::with_capacity(one.len() * nb);
-            for row in one.chunks(vocab) {
-                for _ in 0..nb {
-                    all.extend_from_slice(row);
-                }
-            }
-            all
-        };
-        // Rows of the next state: (position in `active` of the item, source beam).
-        let mut next_rows: Vec<u32> = Vec::with_capacity(last.len());
-        let mut next_active = Vec::with_capacity(active.len());
-
-        // Log-probabilities of every row, processed and offset by its beam's score
-        // (transformers: log_softmax, processors, + running score), rows in parallel.
-        {
-            let rows: Vec<(&[u32], f32, usize)> = active
+        // Each row's history, running score and length limit.
+        let rows: Vec<(&[u32], f32, usize)> = active
+            .iter()
+            .flat_map(|&i| {
+                let max_length = items[i].limit.0;
+                items[i]
+                    .running
+                    .iter()
+                    .map(move |(h, s)| (h.as_slice(), *s, max_length))
+            })
+            .collect();
+        // Per item, the n_cand + 1 best (score, beam * vocab + token) of its
+        // log-probabilities, processed and offset by each beam's score
+        // (transformers: log_softmax, processors, + running score).
+        let all_cands: Vec<Vec<(f32, usize)>> = if model.searches_on_device() {
+            // On the logits' device: only the candidates cross to the host.
+            let logits = if repeated {
+                model.step_tensor(&mut state, &last)?
+            } else {
+                let first: Vec<u32> = last.iter().step_by(nb).copied().collect();
+                let one = model.step_tensor(&mut state, &first)?;
+                model.repeat_rows(&mut state, nb)?;
+                repeated = true;
+                let idx: Vec<u32> = (0..first.len() as u32)
+                    .flat_map(|r| std::iter::repeat_n(r, nb))
+                    .collect();
+                one.index_select(&Tensor::from_vec(idx, last.len(), one.device())?, 0)?
+            };
+            let constraints: Vec<RowConstraint> = rows
                 .iter()
-                .flat_map(|&i| {
-                    let max_length = items[i].limit.0;
-                    items[i]
-                        .running
-                        .iter()
-                        .map(move |(h, s)| (h.as_slice(), *s, max_length))
-                })
+                .map(|(h, _, max_length)| processor.constraint(h, *max_length))
                 .collect();
+            let scores: Vec<f32> = rows.iter().map(|r| r.1).collect();
+            beam_candidates_on_device(
+                &logits,
+                &constraints,
+                &scores,
+                processor.renormalizes(),
+                nb,
+                n_cand + 1,
+            )?
+        } else {
+            let mut logits = if repeated {
+                model.step(&mut state, &last)?
+            } else {
+                let first: Vec<u32> = last.iter().step_by(nb).copied().collect();
+                let one = model.step(&mut state, &first)?;
+                model.repeat_rows(&mut state, nb)?;
+                repeated = true;
+                let mut all = Vec::with_capacity(one.len() * nb);
+                for row in one.chunks(vocab) {
+                    for _ in 0..nb {
+                        all.extend_from_slice(row);
+                    }
+                }
+                all
+            };
             logits.par_chunks_mut(vocab).zip(rows.par_iter()).for_each(
                 |(row, (history, score, max_length))| {
                     log_softmax_in_place(row);
@@ -331,7 +468,16 @@ fn beam<M: Seq2Seq>(
                     }
                 },
             );
-        }
+            logits
+                .par_chunks(nb * vocab)
+                .map(|log_probs| top_k(log_probs, n_cand + 1))
+                .collect()
+        };
+        drop(rows);
+        // Rows of the next state: (position in `active` of the item, source beam).
+        let mut next_rows: Vec<u32> = Vec::with_capacity(last.len());
+        let mut next_active = Vec::with_capacity(active.len());
+
         // Items are independent: their bookkeeping (a scan of beams x vocab
         // scores each) runs in parallel; rows are assembled in item order.
         let mut refs: Vec<&mut BeamItem> = Vec::with_capacity(active.len());
@@ -346,15 +492,13 @@ fn beam<M: Seq2Seq>(
                 }
             }
         }
-        let logits = &logits;
         let advanced: Vec<Option<Vec<u32>>> = refs
             .par_iter_mut()
+            .zip(all_cands.into_par_iter())
             .enumerate()
-            .map(|(pos, item)| {
+            .map(|(pos, (item, cands))| {
                 let item: &mut BeamItem = item;
                 let hits_len = cur_len + 1 >= item.limit.0;
-                let log_probs = &logits[pos * nb * vocab..(pos + 1) * nb * vocab];
-                let cands = top_k(log_probs, n_cand + 1);
                 for w in cands.windows(2) {
                     if w[1].0 > NEG / 2.0 {
                         item.min_margin = item.min_margin.min(w[0].0 - w[1].0);
