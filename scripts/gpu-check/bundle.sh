@@ -25,6 +25,10 @@ bench=$(ls -t target/cuda/release/deps/throughput-* | grep -v '\.d$' | head -1)
 cp "$bench" "$out/bin/throughput"
 # Symbols are not needed there (67 -> 62 MB for transum; most is the kernels).
 strip "$out/bin/transum" "$out/bin/throughput"
+# libcurand.so.10, which some PyTorch wheels lack (torch 2.15 cu132 does);
+# the check puts lib/ on LD_LIBRARY_PATH after torch's own CUDA libraries.
+mkdir -p "$out/lib"
+cp "$(ls "$repo"/target/cuda-toolkit/.venv/lib/python3*/site-packages/nvidia/cu13/lib/libcurand.so.10)" "$out/lib/"
 cp -r tests/fixtures/models tests/fixtures/goldens "$out/tests/fixtures/"
 cp benches/compare/compare.py "$out/benches/compare/"
 cp scripts/gpu-check/gpu_check.py "$out/scripts/gpu-check/"

@@ -51,6 +51,7 @@ def cuda_env():
         libs += glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "*", "lib"))
     except ImportError:
         libs = []
+    libs.append(os.path.join(ROOT, "lib"))  # the bundle's libcurand.so.10
     env["LD_LIBRARY_PATH"] = ":".join([os.path.abspath(p) for p in libs] + [env.get("LD_LIBRARY_PATH", "")])
     env["TRANSUM_EMBED_MODEL"] = "none"
     return env
