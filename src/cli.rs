@@ -232,6 +232,14 @@ pub struct SummaryArgs {
 }
 
 impl SummaryArgs {
+    /// The summarizer's command-line name (for the progress bars).
+    fn summarizer_name(&self) -> String {
+        self.summarizer
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+
     /// `--summary-lang` resolved: the language and its English-to-it model.
     fn summary_lang(&self) -> Result<Option<(String, String)>> {
         let Some(l) = &self.summary_lang else {
@@ -756,13 +764,7 @@ fn run_corpus(args: RunArgs) -> Result<ExitCode> {
         summary_lang,
         shard,
     };
-    let kind = args
-        .summary
-        .summarizer
-        .to_possible_value()
-        .map(|v| v.get_name().to_string())
-        .unwrap_or_default();
-    let mut bars = progress::RunBars::new(&kind);
+    let mut bars = progress::RunBars::new(&args.summary.summarizer_name());
     let manifest = transum::pipeline::run(&mut models, summarizer.as_ref(), &opts, &mut bars)?;
     bars.finish();
     let manifest_path = match &opts.shard {
@@ -803,13 +805,7 @@ fn merge(args: MergeArgs) -> Result<ExitCode> {
         summary_lang,
         wait: args.wait,
     };
-    let kind = args
-        .summary
-        .summarizer
-        .to_possible_value()
-        .map(|v| v.get_name().to_string())
-        .unwrap_or_default();
-    let mut bars = progress::RunBars::new(&kind);
+    let mut bars = progress::RunBars::new(&args.summary.summarizer_name());
     let outcome = transum::merge::merge(&mut models, summarizer.as_ref(), &opts, &mut bars)?;
     bars.finish();
     match outcome {

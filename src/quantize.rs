@@ -77,15 +77,7 @@ pub fn quantize_checkpoint(
         .unwrap_or_default()
         .to_string();
     crate::models::bart::Arch::for_model_type(&model_type).map_err(|e| e.in_file(&config_path))?;
-    let parsed: crate::models::bart::BartConfig =
-        serde_json::from_value(config.clone()).map_err(|e| {
-            Error::file(
-                &config_path,
-                "is not a usable BART-family config",
-                "point --model at a Marian (opus-mt), BART or Pegasus checkpoint",
-                Some(Box::new(e)),
-            )
-        })?;
+    let parsed = crate::translate::parse_config(&config, &config_path)?;
     let one_table = dtype == GgmlDType::Q8_0 && parsed.tied_table();
     let w = Weights::load(&files.weights, &Placement::cpu(), false)?;
     // The same decision as quantizing at load: a projection is stored in

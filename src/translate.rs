@@ -28,6 +28,19 @@ pub struct Translation {
     pub hypothesis: Hypothesis,
 }
 
+/// `config.json` (already read from `path`) as a BART-family config, or an
+/// error naming the file.
+pub(crate) fn parse_config(json: &serde_json::Value, path: &std::path::Path) -> Result<BartConfig> {
+    serde_json::from_value(json.clone()).map_err(|e| {
+        Error::file(
+            path,
+            "is not a usable BART-family config",
+            "point --model at a Marian (opus-mt), BART or Pegasus checkpoint",
+            Some(Box::new(e)),
+        )
+    })
+}
+
 /// A loaded translation model, ready for batches.
 pub struct Translator {
     pub tokenizer: TextTokenizer,
@@ -50,14 +63,7 @@ impl Translator {
     ) -> Result<Self> {
         let config_path = files.dir.join("config.json");
         let config_json = read_json(&config_path)?;
-        let config: BartConfig = serde_json::from_value(config_json.clone()).map_err(|e| {
-            Error::file(
-                &config_path,
-                "is not a usable BART-family config",
-                "point --model at a Marian (opus-mt), BART or Pegasus checkpoint",
-                Some(Box::new(e)),
-            )
-        })?;
+        let config = parse_config(&config_json, &config_path)?;
         // The architecture first: an unsupported model_type is named as such,
         // not as whatever tokenizer file that architecture would lack.
         crate::models::bart::Arch::for_model_type(&config.model_type)
