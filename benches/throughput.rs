@@ -5,7 +5,9 @@
 //! Run: `cargo bench --bench throughput` (add `-- --batch 16 --beams 1
 //! [--quantize q8_0] [--device cuda --dtype bf16] [--sentences FILE.json]` for
 //! one configuration; `-- --quantize q8_0` alone runs
-//! every batch/beam configuration quantized). Each configuration runs in its own child process so that its
+//! every batch/beam configuration quantized; `-- --matmul` times the packed
+//! f32 and q8_0 products, and candle's, on the model's matrix shapes, the
+//! LM head's included). Each configuration runs in its own child process so that its
 //! peak RSS is its own. Prints target tokens/s, peak RSS and load time.
 //!
 //! The source sentences are tokenized with the marian-a fixture tokenizer (ids
@@ -165,13 +167,19 @@ fn matmul_shapes() {
     use candle_core::{Device, Tensor};
     use transum::cpu::matmul::PackedMatrix;
     println!(
-        "packed f32 ({}) vs candle gemm, RAYON_NUM_THREADS={}",
+        "packed f32 ({}) vs candle gemm, and q8_0 ({} int8 kernel), RAYON_NUM_THREADS={}",
         transum::cpu::isa().name(),
+        transum::cpu::int8::kernel().unwrap().name(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into())
     );
     for (rows, n, k) in [
         (16, 512, 512),
+        (64, 512, 512),
         (64, 2048, 512),
+        (64, 512, 2048),
+        // The LM head of a beam-4 step of 16 sentences, and of a greedy one.
+        (64, 59514, 512),
+        (16, 59514, 512),
         (512, 512, 512),
         (512, 2048, 512),
         (512, 512, 2048),
@@ -210,10 +218,15 @@ fn matmul_shapes() {
                 .unwrap();
             std::hint::black_box(y);
         });
+        let q8 = PackedMatrix::quantize_q8_0(&w, n, k).expect("k is a multiple of 32");
+        let q = best(&|| {
+            std::hint::black_box(q8.matmul_vec(&x, rows, Some(&b)));
+        });
         println!(
-            "{rows:>4} x {n:>4} x {k:>4}  packed {:>6.1} GFLOP/s  candle {:>6.1} GFLOP/s",
+            "{rows:>4} x {n:>5} x {k:>4}  packed {:>6.1} GFLOP/s  candle {:>6.1} GFLOP/s  q8_0 {:>6.1} GOP/s",
             flops / p / 1e9,
-            flops / c / 1e9
+            flops / c / 1e9,
+            flops / q / 1e9
         );
     }
 }
