@@ -9,10 +9,15 @@
 //! block's product is an exact i32 sum scaled by two floats: `y[r][j] =
 //! Σ_b dx[r][b] dw[b][j] Σ_{k∈b} x[r][k] w[k][j] + bias[j]` (llama.cpp's
 //! q8_0 x q8_0). Per-block activation scales follow the weights' blocks, and
-//! keep one outlier from flattening a whole row; per-row scales (one i32 sum
-//! per row, CTranslate2's) would need a weight format other than q8_0 and
-//! have not been measured against them. `tests/it/quant.rs` reports the
-//! error against f32.
+//! keep one outlier from flattening a whole row. Per-row scales (one i32 sum
+//! per output over all of k, CTranslate2's layout) were measured against
+//! them and not adopted: their kernel (`benches/int8_scales.rs`) ran the LM
+//! head 1.1-1.8x as fast and the 512-wide products 0.7-1.7x (one thread,
+//! Zen 4, both ISAs), but on a trained model (all-MiniLM-L6-v2,
+//! `benches/compare/int8_scales.py`) their error against f32 was 2.7x
+//! per-block's (7.8% against 2.9% relative L2 of the hidden states, 8-bit
+//! activations), and no per-row variant reaches per-block's accuracy.
+//! `tests/it/quant.rs` reports the error against f32.
 //!
 //! Layout: the packed weight panel holds [`NR`] output features with the k
 //! axis in groups of four bytes ([k/4][NR][4]), the operand layout of
@@ -371,7 +376,11 @@ pub unsafe fn panel_product(
         };
         // Only the first row tile prefetches (see `Panel::ahead`).
         let panel = Panel {
-            ahead: if t == 0 { panel.ahead } else { std::ptr::null() },
+            ahead: if t == 0 {
+                panel.ahead
+            } else {
+                std::ptr::null()
+            },
             ..panel
         };
         // SAFETY: supported() was asserted; the slices' sizes were checked;
