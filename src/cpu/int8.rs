@@ -507,7 +507,7 @@ mod x86 {
     }
 
     /// AVX-512 VNNI: one zmm of 16 i32 sums per row, `vpdpbusd` on u8
-    /// activations (x + 128), the compensation subtracted per block.
+    /// activations (x + 128), each block's sums started at minus its compensation.
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VNNI and FMA; `xq` holds R rows of k bytes,
@@ -527,7 +527,11 @@ mod x86 {
             let mut f = [_mm512_setzero_ps(); R];
             let (x, w) = (xq.as_ptr(), p.q.as_ptr());
             for b in 0..nb {
-                let mut s = [_mm512_setzero_si512(); R];
+                // The sums start at minus the compensation, so no subtraction
+                // per row and block is left for after them.
+                let c = _mm512_loadu_si512(p.comp.as_ptr().add(b * NR) as *const _);
+                let c = _mm512_sra_epi32(c, _mm_cvtsi32_si128(comp_shift));
+                let mut s = [_mm512_sub_epi32(_mm512_setzero_si512(), c); R];
                 for g in 0..BLOCK / 4 {
                     let kk = b * BLOCK + g * 4;
                     if !p.ahead.is_null() {
@@ -539,11 +543,9 @@ mod x86 {
                         s[r] = _mm512_dpbusd_epi32(s[r], xv, wv);
                     }
                 }
-                let c = _mm512_loadu_si512(p.comp.as_ptr().add(b * NR) as *const _);
-                let c = _mm512_sra_epi32(c, _mm_cvtsi32_si128(comp_shift));
                 let d = _mm512_loadu_ps(p.d.as_ptr().add(b * NR));
                 for r in 0..R {
-                    let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[r], c));
+                    let sum = _mm512_cvtepi32_ps(s[r]);
                     let scale = _mm512_mul_ps(d, _mm512_set1_ps(xd[r * nb + b]));
                     f[r] = _mm512_fmadd_ps(sum, scale, f[r]);
                 }
@@ -585,7 +587,13 @@ mod x86 {
             }
             let (x, w) = (xq.as_ptr(), p.q.as_ptr());
             for b in 0..nb {
-                let mut s = [[_mm256_setzero_si256(); 2]; R];
+                // The sums start at minus the compensation (see avx512vnni).
+                let c = [0, 1].map(|h| {
+                    let c = _mm256_loadu_si256(p.comp.as_ptr().add(b * NR + 8 * h) as *const _);
+                    let c = _mm256_sra_epi32(c, _mm_cvtsi32_si128(comp_shift));
+                    _mm256_sub_epi32(_mm256_setzero_si256(), c)
+                });
+                let mut s = [c; R];
                 for g in 0..BLOCK / 4 {
                     let kk = b * BLOCK + g * 4;
                     if !p.ahead.is_null() {
@@ -600,11 +608,9 @@ mod x86 {
                     }
                 }
                 for h in 0..2 {
-                    let c = _mm256_loadu_si256(p.comp.as_ptr().add(b * NR + 8 * h) as *const _);
-                    let c = _mm256_sra_epi32(c, _mm_cvtsi32_si128(comp_shift));
                     let d = _mm256_loadu_ps(p.d.as_ptr().add(b * NR + 8 * h));
                     for r in 0..R {
-                        let sum = _mm256_cvtepi32_ps(_mm256_sub_epi32(s[r][h], c));
+                        let sum = _mm256_cvtepi32_ps(s[r][h]);
                         let scale = _mm256_mul_ps(d, _mm256_set1_ps(xd[r * nb + b]));
                         let o = dst.row(r).add(8 * h);
                         _mm256_storeu_ps(o, _mm256_fmadd_ps(sum, scale, _mm256_loadu_ps(o)));
