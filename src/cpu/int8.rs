@@ -588,12 +588,16 @@ mod x86 {
             let (x, w) = (xq.as_ptr(), p.q.as_ptr());
             for b in 0..nb {
                 // The sums start at minus the compensation (see avx512vnni).
-                let c = [0, 1].map(|h| {
-                    let c = _mm256_loadu_si256(p.comp.as_ptr().add(b * NR + 8 * h) as *const _);
-                    let c = _mm256_sra_epi32(c, _mm_cvtsi32_si128(comp_shift));
-                    _mm256_sub_epi32(_mm256_setzero_si256(), c)
-                });
-                let mut s = [c; R];
+                // Plain statements, not a closure: a closure's body is not
+                // compiled with the function's target features, and calling
+                // it per block made q8_0 greedy on AVX2 28% slower.
+                let shift = _mm_cvtsi32_si128(comp_shift);
+                let c0 = _mm256_loadu_si256(p.comp.as_ptr().add(b * NR) as *const _);
+                let c1 = _mm256_loadu_si256(p.comp.as_ptr().add(b * NR + 8) as *const _);
+                let zero = _mm256_setzero_si256();
+                let c0 = _mm256_sub_epi32(zero, _mm256_sra_epi32(c0, shift));
+                let c1 = _mm256_sub_epi32(zero, _mm256_sra_epi32(c1, shift));
+                let mut s = [[c0, c1]; R];
                 for g in 0..BLOCK / 4 {
                     let kk = b * BLOCK + g * 4;
                     if !p.ahead.is_null() {
