@@ -290,7 +290,13 @@ unsafe fn attend_avx2(
 /// with 8N readable from each row's start, and `out` 8N writable floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_sum<const N: usize>(e: &[f32], sum: f32, v: *const f32, hd: usize, out: *mut f32) {
+unsafe fn weighted_sum<const N: usize>(
+    e: &[f32],
+    sum: f32,
+    v: *const f32,
+    hd: usize,
+    out: *mut f32,
+) {
     use std::arch::x86_64::*;
     // SAFETY: the caller's promises bound every access.
     unsafe {
