@@ -235,14 +235,9 @@ mod imp {
     /// The per-row kernel against its definition (integer sums are exact, so
     /// only the final f32 scaling differs), so the timing is of a correct kernel.
     pub fn check(kernel: I8Kernel) {
+        // Tails of the 8-row tile and the 16-wide panel.
         let (rows, n, k) = (11, 37, 96);
-        let x: Vec<f32> = (0..rows * k)
-            .map(|i| ((i * 31 % 83) as f32 - 41.0) / 9.0)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 17 % 89) as f32 - 44.0) / 300.0)
-            .collect();
-        let b: Vec<f32> = (0..n).map(|i| i as f32 / 7.0).collect();
+        let (x, w, b) = transum::bench::matmul_operands(rows, n, k);
         let pr = PerRow::quantize(&w, n, k);
         let (y, ld) = pr.matmul(kernel, &x, rows, &b);
         let bits = kernel.activation_bits();
@@ -296,23 +291,8 @@ fn main() {
         kernel.name(),
         kernel.activation_bits()
     );
-    for (rows, n, k) in [
-        (16, 512, 512),
-        (64, 512, 512),
-        (64, 2048, 512),
-        (64, 512, 2048),
-        (64, 59514, 512),
-        (16, 59514, 512),
-        (512, 512, 512),
-        (512, 2048, 512),
-    ] {
-        let x: Vec<f32> = (0..rows * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 480.0)
-            .collect();
-        let b: Vec<f32> = (0..n).map(|i| i as f32 / n as f32).collect();
+    for (rows, n, k) in transum::bench::MATMUL_SHAPES {
+        let (x, w, b) = transum::bench::matmul_operands(rows, n, k);
         let block = PackedMatrix::quantize_q8_0(&w, n, k).expect("k is a multiple of 32");
         let row = PerRow::quantize(&w, n, k);
         let (mut tb, mut tr) = (f64::INFINITY, f64::INFINITY);

@@ -161,8 +161,8 @@ fn run_one(
 }
 
 /// `--matmul`: the packed f32 kernel (at the chosen `TRANSUM_CPU_ISA`)
-/// against candle's gemm on opus-mt's products: a decode step's rows and an
-/// encoder batch's (batch 16 x ~32 tokens), GFLOP/s of `x Wᵀ + b`, best of 5.
+/// and the q8_0 product against candle's gemm on opus-mt's products
+/// (`transum::bench::MATMUL_SHAPES`), GFLOP/s of `x Wᵀ + b`, best of 5.
 fn matmul_shapes() {
     use candle_core::{Device, Tensor};
     use transum::cpu::matmul::PackedMatrix;
@@ -172,25 +172,8 @@ fn matmul_shapes() {
         transum::cpu::int8::kernel().unwrap().name(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into())
     );
-    for (rows, n, k) in [
-        (16, 512, 512),
-        (64, 512, 512),
-        (64, 2048, 512),
-        (64, 512, 2048),
-        // The LM head of a beam-4 step of 16 sentences, and of a greedy one.
-        (64, 59514, 512),
-        (16, 59514, 512),
-        (512, 512, 512),
-        (512, 2048, 512),
-        (512, 512, 2048),
-    ] {
-        let x: Vec<f32> = (0..rows * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 480.0)
-            .collect();
-        let b: Vec<f32> = (0..n).map(|i| i as f32 / n as f32).collect();
+    for (rows, n, k) in transum::bench::MATMUL_SHAPES {
+        let (x, w, b) = transum::bench::matmul_operands(rows, n, k);
         let packed = PackedMatrix::pack(&w, n, k);
         let (xt, wt, bt) = (
             Tensor::from_vec(x.clone(), (rows, k), &Device::Cpu).unwrap(),

@@ -1,6 +1,7 @@
 //! Benchmark support: an opus-mt-fr-en-shaped model with seeded random weights
 //! (no download), built in memory with the checkpoint's real tensor names, and
-//! the peak-RSS probe. Used by `benches/throughput.rs`.
+//! the peak-RSS probe and the matmul benches' shapes and operands. Used by
+//! `benches/throughput.rs` and `benches/int8_scales.rs`.
 
 use std::collections::HashMap;
 
@@ -128,4 +129,32 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// opus-mt-fr-en's matrix products as (rows, out, k): decode steps of 16
+/// sentences greedy and at beam 4 (64 rows), the LM head of each, and an
+/// encoder batch (16 x ~32 tokens). The matmul benches time these.
+pub const MATMUL_SHAPES: [(usize, usize, usize); 9] = [
+    (16, 512, 512),
+    (64, 512, 512),
+    (64, 2048, 512),
+    (64, 512, 2048),
+    (64, 59514, 512),
+    (16, 59514, 512),
+    (512, 512, 512),
+    (512, 2048, 512),
+    (512, 512, 2048),
+];
+
+/// Deterministic operands for `x Wᵀ + b` with x [rows, k], W [n, k], b [n]:
+/// activations in [-1, 1], weights at a tenth of that.
+pub fn matmul_operands(rows: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let x = (0..rows * k)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
+    let w = (0..n * k)
+        .map(|i| ((i * 53 % 97) as f32 - 48.0) / 480.0)
+        .collect();
+    let b = (0..n).map(|i| i as f32 / n as f32).collect();
+    (x, w, b)
 }
