@@ -138,6 +138,18 @@ fn wide_model(seed: u64) -> (BartConfig, BartModel) {
     wide_model_in(seed, DType::F32)
 }
 
+/// Twelve source sentences of 9-17 ids for [`wide_model`], each ending in EOS.
+fn wide_model_inputs() -> Vec<Vec<u32>> {
+    (0..12u32)
+        .map(|i| {
+            (0..(8 + i % 9))
+                .map(|j| 1 + (i * 37 + j * 101) % 990)
+                .chain([0])
+                .collect()
+        })
+        .collect()
+}
+
 /// [`wide_model`] with its float weights in `dtype` (f16, bf16: the
 /// device-generic path's half precisions, here on the CPU).
 fn wide_model_in(seed: u64, dtype: DType) -> (BartConfig, BartModel) {
@@ -192,14 +204,7 @@ fn f16_overflow_stops_loudly_with_the_fix() {
 fn half_precision_on_the_cpu_is_within_two_percent_of_f32() {
     // The device-generic path (candle's ops) in f16 and bf16, on the CPU:
     // what CUDA runs, measured by teacher forcing against f32.
-    let inputs: Vec<Vec<u32>> = (0..12u32)
-        .map(|i| {
-            (0..(8 + i % 9))
-                .map(|j| 1 + (i * 37 + j * 101) % 990)
-                .chain([0])
-                .collect()
-        })
-        .collect();
+    let inputs = wide_model_inputs();
     let (_, f) = wide_model(7);
     let (f, _, _) = f.prepare(&Placement::cpu()).unwrap();
     for dtype in [DType::F16, DType::BF16] {
@@ -229,14 +234,7 @@ fn half_precision_on_the_cpu_is_within_two_percent_of_f32() {
 
 #[test]
 fn every_format_is_measured_against_f32() {
-    let inputs: Vec<Vec<u32>> = (0..12u32)
-        .map(|i| {
-            (0..(8 + i % 9))
-                .map(|j| 1 + (i * 37 + j * 101) % 990)
-                .chain([0])
-                .collect()
-        })
-        .collect();
+    let inputs = wide_model_inputs();
     for (dtype, bound) in [
         (GgmlDType::Q8_0, 0.02),
         (GgmlDType::Q6K, 0.05),
