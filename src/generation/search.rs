@@ -416,20 +416,25 @@ fn beam<M: Seq2Seq>(
         // Per item, the n_cand + 1 best (score, beam * vocab + token) of its
         // log-probabilities, processed and offset by each beam's score
         // (transformers: log_softmax, processors, + running score).
+        // The first step runs one row per item (see `repeated`).
+        let first_step = !repeated;
+        let first: Vec<u32>;
+        let tokens: &[u32] = if first_step {
+            first = last.iter().step_by(nb).copied().collect();
+            &first
+        } else {
+            &last
+        };
         let all_cands: Vec<Vec<(f32, usize)>> = if model.searches_on_device() {
             // On the logits' device: only the candidates cross to the host.
-            let logits = if repeated {
-                model.step_tensor(&mut state, &last)?
-            } else {
-                let first: Vec<u32> = last.iter().step_by(nb).copied().collect();
-                let one = model.step_tensor(&mut state, &first)?;
-                model.repeat_rows(&mut state, nb)?;
-                repeated = true;
-                let idx: Vec<u32> = (0..first.len() as u32)
+            let mut logits = model.step_tensor(&mut state, tokens)?;
+            if first_step {
+                let idx: Vec<u32> = (0..tokens.len() as u32)
                     .flat_map(|r| std::iter::repeat_n(r, nb))
                     .collect();
-                one.index_select(&Tensor::from_vec(idx, last.len(), one.device())?, 0)?
-            };
+                let idx = Tensor::from_vec(idx, last.len(), logits.device())?;
+                logits = logits.index_select(&idx, 0)?;
+            }
             let constraints: Vec<RowConstraint> = rows
                 .iter()
                 .map(|(h, _, max_length)| processor.constraint(h, *max_length))
@@ -444,21 +449,16 @@ fn beam<M: Seq2Seq>(
                 n_cand + 1,
             )?
         } else {
-            let mut logits = if repeated {
-                model.step(&mut state, &last)?
-            } else {
-                let first: Vec<u32> = last.iter().step_by(nb).copied().collect();
-                let one = model.step(&mut state, &first)?;
-                model.repeat_rows(&mut state, nb)?;
-                repeated = true;
-                let mut all = Vec::with_capacity(one.len() * nb);
-                for row in one.chunks(vocab) {
+            let mut logits = model.step(&mut state, tokens)?;
+            if first_step {
+                let mut all = Vec::with_capacity(logits.len() * nb);
+                for row in logits.chunks(vocab) {
                     for _ in 0..nb {
                         all.extend_from_slice(row);
                     }
                 }
-                all
-            };
+                logits = all;
+            }
             logits.par_chunks_mut(vocab).zip(rows.par_iter()).for_each(
                 |(row, (history, score, max_length))| {
                     log_softmax_in_place(row);
@@ -473,6 +473,10 @@ fn beam<M: Seq2Seq>(
                 .map(|log_probs| top_k(log_probs, n_cand + 1))
                 .collect()
         };
+        if first_step {
+            model.repeat_rows(&mut state, nb)?;
+            repeated = true;
+        }
         drop(rows);
         // Rows of the next state: (position in `active` of the item, source beam).
         let mut next_rows: Vec<u32> = Vec::with_capacity(last.len());
