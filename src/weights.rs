@@ -286,10 +286,11 @@ pub type AllTensors<'a> = (Vec<(&'a str, &'a Tensor)>, Vec<(&'a str, &'a Arc<QTe
 
 struct Inner {
     tensors: HashMap<String, Tensor>,
-    /// The tied embedding table quantized to q8_0 as it was read (see
-    /// [`Weights::load_quantized_tied`]).
+    /// The tied embedding table quantized to q8_0 and packed as it was read
+    /// (see [`Weights::load`]'s `tied_table`).
     packed: HashMap<String, PackedMatrix>,
-    /// Projections stored quantized (GGUF).
+    /// Projections (and a q8_0 tied table) held quantized: as a GGUF file
+    /// stores them, or quantized as read for a placement that does not pack.
     quantized: HashMap<String, Arc<QTensor>>,
     /// The quantization a GGUF file was written with.
     quantization: Option<GgmlDType>,
@@ -330,9 +331,11 @@ impl Weights {
         let mut quantized: HashMap<String, Arc<QTensor>> = HashMap::new();
         let mut quantization = None;
         let mut tensors = HashMap::new();
-        let mut add = |name: String, t: Tensor| -> Result<()> {
+        // `stored`: the tensor comes quantized from the file, so it is taken
+        // as it is.
+        let mut add_tensor = |name: String, t: Tensor, stored: bool| -> Result<()> {
             let table = tied_table && (name == "model.shared.weight" || name == "shared.weight");
-            if (is_projection(&name) || table) && t.rank() == 2 {
+            if (is_projection(&name) || table) && t.rank() == 2 && !stored {
                 let (out, k) = t.dims2()?;
                 match placement.quantization_for(k) {
                     Some(GgmlDType::Q8_0) if placement.packs() => {
@@ -342,9 +345,12 @@ impl Weights {
                         packed.insert(name, p);
                         return Ok(());
                     }
-                    // The table is also an embedding: only the packed form
-                    // serves both (its rows are read back); others stay float.
-                    Some(q) if !table => {
+                    // A table that is also an embedding stays float, except in
+                    // q8_0: that is how a q8_0 `model.gguf` stores it (one
+                    // table), and the model then multiplies by it quantized
+                    // and embeds with its dequantized rows, as the packed
+                    // form does.
+                    Some(q) if !table || q == GgmlDType::Q8_0 => {
                         let t = t.to_dtype(DType::F32)?.contiguous()?;
                         quantized.insert(name, Arc::new(QTensor::quantize(&t, q)?));
                         return Ok(());
@@ -361,38 +367,43 @@ impl Weights {
             Ok(())
         };
         match ext {
-            "safetensors" => read_safetensors(path, &mut add)?,
+            "safetensors" => read_safetensors(path, &mut |n, t| add_tensor(n, t, false))?,
             "gguf" => {
                 let (floats, mut q, qd) = read_gguf(path, device)?;
                 // A q8_0 file stores a table that is both embeddings and LM
                 // head once, quantized (`transum quantize`): it goes into the
                 // panels as read, never through f32; a placement that does
-                // not pack takes it as a float table.
+                // not pack keeps it quantized (see `add_tensor`).
                 let mut table = None;
                 if let Some((name, qt)) = ["model.shared.weight", "shared.weight"]
                     .into_iter()
                     .find_map(|n| q.remove_entry(n))
                 {
                     let (out, k) = qt.shape().dims2()?;
-                    if tied_table && placement.packs() && qt.dtype() == GgmlDType::Q8_0 {
-                        let p = PackedMatrix::pack_q8_0(&qt.data()?, out, k).ok_or_else(|| {
-                            corrupt(candle_core::Error::Msg(format!(
-                                "q8_0 tensor `{name}` [{out}, {k}] has the wrong size"
-                            )))
-                        })?;
-                        table = Some((name, p));
+                    if tied_table && qt.dtype() == GgmlDType::Q8_0 {
+                        if placement.packs() {
+                            let p =
+                                PackedMatrix::pack_q8_0(&qt.data()?, out, k).ok_or_else(|| {
+                                    corrupt(candle_core::Error::Msg(format!(
+                                        "q8_0 tensor `{name}` [{out}, {k}] has the wrong size"
+                                    )))
+                                })?;
+                            table = Some((name, p));
+                        } else {
+                            q.insert(name, qt);
+                        }
                     } else {
-                        add(name, qt.dequantize(device)?)?;
+                        add_tensor(name, qt.dequantize(device)?, true)?;
                     }
                 }
                 for (name, t) in floats {
-                    add(name, t)?;
+                    add_tensor(name, t, false)?;
                 }
                 packed.extend(table);
                 quantized.extend(q);
                 quantization = qd;
             }
-            _ => read_pth(path, &mut add).map_err(|e| match e {
+            _ => read_pth(path, &mut |n, t| add_tensor(n, t, false)).map_err(|e| match e {
                 Error::Candle(e) => corrupt(e),
                 e => e,
             })?,

@@ -291,7 +291,9 @@ impl BartModel {
             })
         };
         // With q8_0 on the CPU a tied table may have been packed as it was read
-        // (Weights::load_quantized_tied): it is then the LM head and both tables.
+        // (`Weights::load` with `tied_table`): it is then the LM head and both
+        // tables. Unpacked, it is held quantized (the head, below) and read
+        // dequantized (the embeddings).
         let (encoder_embed, decoder_embed, lm_head, lm_tied) = match w.packed(&shared[0]) {
             Some(p) => {
                 if p.out_dim() != src_vocab || p.out_dim() != tgt_vocab || p.in_dim() != d {
@@ -367,6 +369,11 @@ impl BartModel {
                 );
                 let lm_matrix = if w.is_quantized("lm_head.weight") {
                     w.weight("lm_head.weight", tgt_vocab, d)?
+                } else if head_is_decoder_table && w.is_quantized(&shared[0]) {
+                    // A q8_0 table held quantized (not packed): the head
+                    // multiplies by it as it is; the embeddings above read
+                    // its dequantized values.
+                    w.weight(&shared[0], tgt_vocab, d)?
                 } else {
                     Weight::Dense(lm_weight)
                 };
