@@ -1,7 +1,8 @@
 //! Element-wise and row-wise kernels of the decode hot path, where candle's
 //! general ops cost more in dispatch than in arithmetic: the vocabulary-wide
-//! log-softmax of every generation step, SiLU over the FFN activations, and
-//! the `exp` they (and attention) share.
+//! log-softmax of every generation step (or only its statistics, which beam
+//! search applies while it ranks), SiLU over the FFN activations, and the
+//! `exp` they (and attention) share.
 //!
 //! The loops are written with independent accumulators so that LLVM vectorizes
 //! them for the instruction set each copy is compiled for (see [`super`]); Rust
@@ -31,8 +32,10 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
     y * f32::from_bits(((unsafe { k.to_int_unchecked::<i32>() } + 127) as u32) << 23)
 }
 
+/// A row's log-softmax statistics: its maximum and `ln(sum(exp(x - max)))`;
+/// `None` when the maximum is -inf (log-softmax then leaves the row as it is).
 #[inline(always)]
-fn log_softmax_impl(row: &mut [f32]) {
+fn log_softmax_stats_impl(row: &[f32]) -> Option<(f32, f32)> {
     // chunks_exact keeps the loops free of bounds checks, so they vectorize.
     let mut m = [f32::NEG_INFINITY; 8];
     let mut it = row.chunks_exact(8);
@@ -46,7 +49,7 @@ fn log_softmax_impl(row: &mut [f32]) {
         max = max.max(x);
     }
     if max == f32::NEG_INFINITY {
-        return;
+        return None;
     }
     let mut acc = [0f32; 8];
     let mut it = row.chunks_exact(8);
@@ -59,10 +62,16 @@ fn log_softmax_impl(row: &mut [f32]) {
     for &x in it.remainder() {
         sum += exp_approx(x - max);
     }
-    // torch computes x - max - log(sum); keep that order for the last ulp.
-    let log_sum = sum.ln();
-    for x in row.iter_mut() {
-        *x = *x - max - log_sum;
+    Some((max, sum.ln()))
+}
+
+#[inline(always)]
+fn log_softmax_impl(row: &mut [f32]) {
+    if let Some((max, log_sum)) = log_softmax_stats_impl(row) {
+        // torch computes x - max - log(sum); keep that order for the last ulp.
+        for x in row.iter_mut() {
+            *x = *x - max - log_sum;
+        }
     }
 }
 
@@ -76,6 +85,14 @@ fn silu_impl(src: &[f32], dst: &mut [f32]) {
 compiled_per_isa!(
     /// `log_softmax` of one row in place (x - max - ln(sum(exp(x - max)))).
     pub fn log_softmax / log_softmax_with(row: &mut [f32]) => log_softmax_impl
+);
+
+compiled_per_isa!(
+    /// The maximum and log-sum that `log_softmax` subtracts from every value
+    /// (`x - max - log_sum`, in that order); `None` for a row whose maximum is
+    /// -inf, which `log_softmax` leaves unchanged. Beam search uses them to
+    /// score a row without writing it.
+    pub fn log_softmax_stats / log_softmax_stats_with(row: &[f32]) -> Option<(f32, f32)> => log_softmax_stats_impl
 );
 
 compiled_per_isa!(

@@ -334,30 +334,130 @@ struct BeamItem {
     limit: (usize, LengthLimit),
 }
 
-/// The `k` best (score, index) pairs, best first; ties keep the lower index
-/// first. 16-value chunks that cannot enter the list (almost all of a
-/// vocabulary-sized row) are skipped after one max.
-fn top_k(values: &[f32], k: usize) -> Vec<(f32, usize)> {
-    const CHUNK: usize = 16;
-    let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
-    for (c, chunk) in values.chunks(CHUNK).enumerate() {
-        if best.len() == k {
-            let m = chunk.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            if m.partial_cmp(&best[k - 1].0) != Some(std::cmp::Ordering::Greater) {
-                continue;
-            }
-        }
-        for (j, &v) in chunk.iter().enumerate() {
-            if best.len() == k && v.partial_cmp(&best[k - 1].0) != Some(std::cmp::Ordering::Greater)
-            {
-                continue;
-            }
-            let pos = best.partition_point(|&(b, _)| b >= v);
-            best.insert(pos, (v, c * CHUNK + j));
-            best.truncate(k);
+/// The `k` best (score, index) pairs offered so far, best first; ties keep
+/// the lower index first (offered in index order, a value enters only when
+/// it beats the k-th).
+struct TopK {
+    k: usize,
+    best: Vec<(f32, usize)>,
+}
+
+/// Values are offered in chunks this long: a chunk none of whose values can
+/// enter (almost all of a vocabulary-sized row) is skipped after one max.
+const CHUNK: usize = 16;
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        TopK {
+            k,
+            best: Vec::with_capacity(k + 1),
         }
     }
-    best
+
+    /// Whether `v` would enter: the list is not full, or `v` beats its last.
+    #[inline(always)]
+    fn admits(&self, v: f32) -> bool {
+        self.best.len() < self.k || self.best.last().is_some_and(|&(last, _)| v > last)
+    }
+
+    #[inline(always)]
+    fn offer(&mut self, v: f32, i: usize) {
+        if self.admits(v) {
+            let pos = self.best.partition_point(|&(b, _)| b >= v);
+            self.best.insert(pos, (v, i));
+            self.best.truncate(self.k);
+        }
+    }
+
+    /// Offer `value(x)` for each `x` of `row`, as indices from `i0`, and
+    /// `banned_value` at the `banned` positions (sorted). Beam search's
+    /// `value` is the log-softmax plus the running score: the values that
+    /// writing the row's log-softmax, masking it and adding the score would
+    /// offer, in the same order, without writing the row. `value` must be
+    /// non-decreasing (as rounding keeps `x - max - log_sum + score`): a
+    /// chunk whose largest `x` cannot enter is then skipped whole.
+    fn offer_row(
+        &mut self,
+        row: &[f32],
+        i0: usize,
+        value: impl Fn(f32) -> f32,
+        banned: &[u32],
+        banned_value: f32,
+    ) {
+        let mut bans = banned.iter().map(|&b| b as usize).peekable();
+        for (c, chunk) in row.chunks(CHUNK).enumerate() {
+            if self.best.len() >= self.k {
+                // A select rather than f32::max, so that it vectorizes (NaN
+                // never enters, so skipping it changes nothing).
+                let m = chunk
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+                if !self.admits(value(m)) {
+                    continue;
+                }
+            }
+            let s = c * CHUNK;
+            while bans.next_if(|&b| b < s).is_some() {}
+            for (j, &x) in chunk.iter().enumerate() {
+                let v = if bans.next_if_eq(&(s + j)).is_some() {
+                    banned_value
+                } else {
+                    value(x)
+                };
+                self.offer(v, i0 + s + j);
+            }
+        }
+    }
+}
+
+/// The `k` best (score, index) pairs of `values`, best first; ties keep the
+/// lower index first.
+fn top_k(values: &[f32], k: usize) -> Vec<(f32, usize)> {
+    let mut best = TopK::new(k);
+    best.offer_row(values, 0, |x| x, &[], f32::NEG_INFINITY);
+    best.best
+}
+
+/// One item's `k` best (score, beam * vocab + token) on the host: each beam's
+/// log-softmax (from its logits row's `stats`), processed by the chain, plus
+/// its running score (transformers' order), ranked without writing the rows.
+/// `logits` and `stats` hold one row per beam, or one for all of them (the
+/// first step). Rows a processor rewrites whole (forced ids, renormalizing)
+/// are written out to a scratch row first, as before.
+fn host_beam_candidates(
+    processor: &LogitsProcessor,
+    logits: &[f32],
+    stats: &[Option<(f32, f32)>],
+    rows: &[(&[u32], f32, usize)],
+    k: usize,
+) -> Vec<(f32, usize)> {
+    let vocab = logits.len() / stats.len();
+    let mut best = TopK::new(k);
+    for (j, &(history, score, max_length)) in rows.iter().enumerate() {
+        let r = if stats.len() == 1 { 0 } else { j };
+        let row = &logits[r * vocab..(r + 1) * vocab];
+        let c = processor.constraint(history, max_length);
+        if c.forced.is_some() || processor.renormalizes() {
+            let mut scratch = row.to_vec();
+            log_softmax_in_place(&mut scratch);
+            processor.apply(history, max_length, &mut scratch);
+            best.offer_row(&scratch, j * vocab, |x| x + score, &[], 0.0);
+            continue;
+        }
+        let mut banned = in_vocab(&c.banned, vocab);
+        banned.sort_unstable();
+        banned.dedup();
+        // A banned log-probability is -inf before the score is added.
+        let neg = f32::NEG_INFINITY + score;
+        match stats[r] {
+            Some((max, log_sum)) => {
+                best.offer_row(row, j * vocab, |x| x - max - log_sum + score, &banned, neg)
+            }
+            // log-softmax leaves a row whose maximum is -inf as it is.
+            None => best.offer_row(row, j * vocab, |x| x + score, &banned, neg),
+        }
+    }
+    best.best
 }
 
 fn beam<M: Seq2Seq>(
@@ -449,28 +549,20 @@ fn beam<M: Seq2Seq>(
                 n_cand + 1,
             )?
         } else {
-            let mut logits = model.step(&mut state, tokens)?;
-            if first_step {
-                let mut all = Vec::with_capacity(logits.len() * nb);
-                for row in logits.chunks(vocab) {
-                    for _ in 0..nb {
-                        all.extend_from_slice(row);
-                    }
-                }
-                logits = all;
-            }
-            logits.par_chunks_mut(vocab).zip(rows.par_iter()).for_each(
-                |(row, (history, score, max_length))| {
-                    log_softmax_in_place(row);
-                    processor.apply(history, *max_length, row);
-                    for v in row.iter_mut() {
-                        *v += *score;
-                    }
-                },
-            );
+            let logits = model.step(&mut state, tokens)?;
+            // Each logits row's log-softmax statistics, rows in parallel.
+            let stats: Vec<Option<(f32, f32)>> = logits
+                .par_chunks(vocab)
+                .map(crate::cpu::elementwise::log_softmax_stats)
+                .collect();
+            let per_item = if first_step { 1 } else { nb };
             logits
-                .par_chunks(nb * vocab)
-                .map(|log_probs| top_k(log_probs, n_cand + 1))
+                .par_chunks(per_item * vocab)
+                .zip(stats.par_chunks(per_item))
+                .zip(rows.par_chunks(nb))
+                .map(|((logits, stats), rows)| {
+                    host_beam_candidates(&processor, logits, stats, rows, n_cand + 1)
+                })
                 .collect()
         };
         if first_step {
@@ -619,4 +711,99 @@ fn beam<M: Seq2Seq>(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::{EarlyStopping, GenerationOptions, LengthLimit};
+
+    fn options(renormalize: bool) -> GenerationOptions {
+        GenerationOptions {
+            num_beams: 3,
+            max_length: 6,
+            max_length_from: LengthLimit::Requested,
+            max_length_factor: 0.0,
+            min_length: 3,
+            min_new_tokens: 0,
+            bad_words_ids: vec![vec![5], vec![7, 9], vec![40]],
+            no_repeat_ngram_size: 2,
+            forced_bos_token_id: None,
+            forced_eos_token_ids: vec![2, 11],
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::Heuristic,
+            decoder_start_token_id: 0,
+            eos_token_ids: vec![2],
+            pad_token_id: 1,
+            renormalize_logits: renormalize,
+        }
+    }
+
+    /// What the fused ranking replaces: each beam's row written out
+    /// (log-softmax, processors, + score), then one top-k over the item.
+    fn written_out(
+        processor: &LogitsProcessor,
+        logits: &[f32],
+        shared: bool,
+        rows: &[(&[u32], f32, usize)],
+        vocab: usize,
+        k: usize,
+    ) -> Vec<(f32, usize)> {
+        let mut all = Vec::new();
+        for (j, &(history, score, max_length)) in rows.iter().enumerate() {
+            let r = if shared { 0 } else { j };
+            let mut row = logits[r * vocab..(r + 1) * vocab].to_vec();
+            log_softmax_in_place(&mut row);
+            processor.apply(history, max_length, &mut row);
+            all.extend(row.iter().map(|v| v + score));
+        }
+        top_k(&all, k)
+    }
+
+    #[test]
+    fn fused_beam_ranking_equals_the_written_out_rows() {
+        // 37 ids: rows end in a partial chunk. Values on a coarse grid, so
+        // ties (which must go to the lower index) are common.
+        let vocab = 37;
+        let mut seed = 0x2545_f491u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed % 24) as f32 * 0.5 - 6.0
+        };
+        let histories: [&[u32]; 4] = [&[0], &[0, 7], &[0, 4, 8, 4], &[0, 3, 3, 6, 8]];
+        for renormalize in [false, true] {
+            let processor = LogitsProcessor::new(&options(renormalize));
+            for case in 0..40 {
+                let shared = case % 4 == 0;
+                let n_rows = if shared { 1 } else { 3 };
+                let mut logits: Vec<f32> = (0..n_rows * vocab).map(|_| next()).collect();
+                if case % 5 == 1 {
+                    // A row that is -inf throughout, and one -inf entry.
+                    logits[..vocab].fill(f32::NEG_INFINITY);
+                    logits[vocab * n_rows - 3] = f32::NEG_INFINITY;
+                }
+                let rows: Vec<(&[u32], f32, usize)> = (0..3)
+                    .map(|j| {
+                        let h = histories[(case + j) % histories.len()];
+                        let score = if j == 0 { 0.0 } else { -1.5 * j as f32 - 0.25 };
+                        (h, score, 6)
+                    })
+                    .collect();
+                let stats: Vec<Option<(f32, f32)>> = logits
+                    .chunks(vocab)
+                    .map(crate::cpu::elementwise::log_softmax_stats)
+                    .collect();
+                for k in [1, 7, 2 * vocab + 5] {
+                    let got = host_beam_candidates(&processor, &logits, &stats, &rows, k);
+                    let want = written_out(&processor, &logits, shared, &rows, vocab, k);
+                    let bits = |v: &[(f32, usize)]| -> Vec<(u32, usize)> {
+                        v.iter().map(|&(s, i)| (s.to_bits(), i)).collect()
+                    };
+                    assert_eq!(bits(&got), bits(&want), "case {case}, k {k}, {renormalize}");
+                }
+            }
+        }
+    }
 }
