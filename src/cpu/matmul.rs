@@ -9,7 +9,8 @@
 //! features, each laid out k-major ([k][NR]), so the micro-kernel reads 64
 //! contiguous bytes per k and keeps a [`MR`] x [`NR`] tile of outputs in
 //! registers (BLIS's scheme, with the weight as the packed "B" panel kept in L1
-//! and the rows as the "A" block kept in L2). Threads split the panels (rayon's
+//! and the rows as the "A" block kept in L2, read in place: the kernel
+//! broadcasts one float of each row per k, so they need no transposing). Threads split the panels (rayon's
 //! pool, the one `--threads` sizes), so nothing is shared while writing.
 //!
 //! Each output is one float32 dot product summed in k order (fused multiply-add
@@ -41,7 +42,7 @@ const MR: usize = 6;
 /// load per 12 FMAs, so two loads per cycle feed two FMA units.
 const MR512: usize = 12;
 
-/// Rows per register tile for `isa` (the rows are packed in tiles of this many).
+/// Rows per register tile for `isa`.
 fn tile_rows(isa: Isa) -> usize {
     match isa {
         Isa::Avx512 => MR512,
@@ -51,7 +52,7 @@ fn tile_rows(isa: Isa) -> usize {
 /// k per block: a panel block (KC x NR floats, 16 KiB) stays in L1 while every
 /// row tile passes over it.
 const KC: usize = 256;
-/// Rows per block: the packed rows of one k block (MC x KC floats, 96 KiB) stay in L2.
+/// Rows per block: one k block of them (MC x KC floats, 96 KiB) stays in L2.
 const MC: usize = 96;
 
 /// Values per q8_0 block along k (GGML's QK8_0).
@@ -425,12 +426,16 @@ impl PackedMatrix {
         }
         // The rows as the weights' kernel takes them: packed f32 tiles, or
         // int8 quantized per block.
-        enum Rows {
-            F32(Vec<f32>),
+        enum Rows<'a> {
+            /// In place, or packed per k block (see `pack_rows`).
+            F32(&'a [f32], Option<Vec<f32>>),
             I8(int8::QuantizedRows),
         }
         let xp = match self.data {
-            Panels::F32(_) => Rows::F32(pack_rows(x, rows, k, tile_rows(isa))),
+            Panels::F32(_) => Rows::F32(
+                x,
+                (tile_rows(isa) > IN_PLACE_ROWS).then(|| pack_rows(x, rows, k)),
+            ),
             Panels::Q8 { .. } => Rows::I8(int8::quantize_rows(kernel, bits, x, rows, k)),
         };
         let panels = n.div_ceil(NR);
@@ -450,7 +455,16 @@ impl PackedMatrix {
                     // task owns its own panels, so no two threads write one element.
                     unsafe {
                         match &xp {
-                            Rows::F32(xp) => self.panel_product(isa, xp, rows, p, bias, out, bufs),
+                            Rows::F32(x, packed) => self.panel_product(
+                                isa,
+                                x,
+                                packed.as_deref(),
+                                rows,
+                                p,
+                                bias,
+                                out,
+                                bufs,
+                            ),
                             Rows::I8(xq) => {
                                 self.panel_product_i8(kernel, xq, rows, p, bias, out, bufs)
                             }
@@ -524,7 +538,8 @@ impl PackedMatrix {
     unsafe fn panel_product(
         &self,
         isa: Isa,
-        xp: &[f32],
+        x: &[f32],
+        packed: Option<&[f32]>,
         rows: usize,
         p: usize,
         bias: Option<&[f32]>,
@@ -541,7 +556,12 @@ impl PackedMatrix {
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
                 let wblock = self.block(p, k0, kc);
-                let xblock = &xp[k0 * rows..(k0 + kc) * rows];
+                // This k block's rows: in place (`k` apart, from column k0)
+                // or packed (`kc` apart).
+                let (rows_at, ld) = match packed {
+                    Some(xp) => (&xp[k0 * rows..(k0 + kc) * rows], kc),
+                    None => (&x[k0..], k),
+                };
                 let tr = tile_rows(isa);
                 for t0 in (r0..r1).step_by(tr) {
                     let mr = tr.min(r1 - t0);
@@ -560,7 +580,8 @@ impl PackedMatrix {
                             isa,
                             mr,
                             kc,
-                            &xblock[t0 * kc..(t0 + mr) * kc],
+                            &rows_at[t0 * ld..(t0 + mr - 1) * ld + kc],
+                            ld,
                             wblock,
                             &mut acc[t0 - r0..t0 - r0 + mr],
                             k0 == 0,
@@ -650,46 +671,50 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// `x` [rows, k] repacked per k block, then per row tile of `tr` rows, k-major
-/// within a tile ([kc][mr]): the micro-kernel broadcasts consecutive floats.
-fn pack_rows(x: &[f32], rows: usize, k: usize, tr: usize) -> Vec<f32> {
-    use std::mem::MaybeUninit;
-    // Written whole below, so not zeroed first (7 MB per beam-search step).
-    let mut xp = Vec::<f32>::with_capacity(rows * k);
-    let pack_block = |k0: usize, block: &mut [MaybeUninit<f32>]| {
-        let kc = block.len() / rows;
-        for t0 in (0..rows).step_by(tr) {
-            let mr = tr.min(rows - t0);
-            let tile = &mut block[t0 * kc..(t0 + mr) * kc];
-            for r in 0..mr {
-                let src = &x[(t0 + r) * k + k0..(t0 + r) * k + k0 + kc];
-                for (kk, &v) in src.iter().enumerate() {
-                    tile[kk * mr + r].write(v);
-                }
-            }
-        }
+/// The most rows a register tile reads in place. Rows a multiple of 4 KiB
+/// apart (k = 1024, 2048) fall in one L1 set, which holds 8 lines: the
+/// AVX-512 tile's twelve row streams then evict each other (fc2's product ran
+/// at two thirds of its speed), so its rows are packed first.
+const IN_PLACE_ROWS: usize = 8;
+
+/// `x` [rows, k] copied per k block, each block row-major ([rows][kc]): a
+/// tile's rows are then `kc` floats apart, in distinct L1 sets.
+fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
+    let block = |k0: usize| {
+        let kc = KC.min(k - k0);
+        (0..rows).map(move |r| &x[r * k + k0..r * k + k0 + kc])
     };
-    let spare = &mut xp.spare_capacity_mut()[..rows * k];
     // Encoder-sized inputs (hundreds of rows) are packed on every thread;
     // a decode step's few rows are not worth waking them.
     if rows * k >= 1 << 16 {
-        spare
-            .par_chunks_mut(KC * rows)
+        let mut xp = vec![0f32; rows * k];
+        xp.par_chunks_mut(KC * rows)
             .enumerate()
-            .for_each(|(b, block)| pack_block(b * KC, block));
+            .for_each(|(b, dst)| {
+                let k0 = b * KC;
+                for (d, src) in dst.chunks_mut(KC.min(k - k0)).zip(block(k0)) {
+                    d.copy_from_slice(src);
+                }
+            });
+        xp
     } else {
-        for (b, block) in spare.chunks_mut(KC * rows).enumerate() {
-            pack_block(b * KC, block);
+        // Written in order: no zeroing first.
+        let mut xp = Vec::with_capacity(rows * k);
+        for k0 in (0..k).step_by(KC) {
+            for src in block(k0) {
+                xp.extend_from_slice(src);
+            }
         }
+        xp
     }
-    // SAFETY: the k blocks cover all rows * k slots and each block's tiles
-    // cover every (row, k) of it, so every element was written.
-    unsafe { xp.set_len(rows * k) };
-    xp
 }
 
-/// `acc[r] = (first ? 0 : acc[r]) + Σ_kk xt[kk][r] * w[kk][..]` for the `mr`
-/// rows of one tile; with `fin`, the sums (plus bias) are written there instead.
+/// `acc[r] = (first ? 0 : acc[r]) + Σ_kk x[r * ldx + kk] * w[kk][..]` for
+/// the `mr` rows of one tile, `ldx` floats apart: read in place (the kernel
+/// broadcasts one float of each row per k, so a transposed copy of them
+/// bought nothing, and making one cost 2% of a beam-4 step on one thread)
+/// unless the tile is taller than [`IN_PLACE_ROWS`]; with `fin`, the sums
+/// (plus bias) are written there instead.
 ///
 /// # Safety
 /// `fin`, when given, points to `mr` rows of 16 writable floats `ld` apart and
@@ -699,32 +724,39 @@ unsafe fn tile(
     isa: Isa,
     mr: usize,
     kc: usize,
-    xt: &[f32],
+    x: &[f32],
+    ldx: usize,
     w: &[f32],
     acc: &mut [[f32; NR]],
     first: bool,
     fin: Option<Final>,
     next: *const f32,
 ) {
-    assert!(xt.len() == kc * mr && w.len() == kc * NR && acc.len() == mr);
+    assert!(
+        mr >= 1
+            && ldx >= kc
+            && x.len() == (mr - 1) * ldx + kc
+            && w.len() == kc * NR
+            && acc.len() == mr
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 F (the caller's promise); the slices
         // hold kc*mr and kc*NR floats; `fin` is the caller's promise.
         Isa::Avx512 => unsafe {
             match mr {
-                12 => avx512::tile::<12>(kc, xt, w, acc, first, fin, next),
-                11 => avx512::tile::<11>(kc, xt, w, acc, first, fin, next),
-                10 => avx512::tile::<10>(kc, xt, w, acc, first, fin, next),
-                9 => avx512::tile::<9>(kc, xt, w, acc, first, fin, next),
-                8 => avx512::tile::<8>(kc, xt, w, acc, first, fin, next),
-                7 => avx512::tile::<7>(kc, xt, w, acc, first, fin, next),
-                6 => avx512::tile::<6>(kc, xt, w, acc, first, fin, next),
-                5 => avx512::tile::<5>(kc, xt, w, acc, first, fin, next),
-                4 => avx512::tile::<4>(kc, xt, w, acc, first, fin, next),
-                3 => avx512::tile::<3>(kc, xt, w, acc, first, fin, next),
-                2 => avx512::tile::<2>(kc, xt, w, acc, first, fin, next),
-                _ => avx512::tile::<1>(kc, xt, w, acc, first, fin, next),
+                12 => avx512::tile::<12>(kc, x, ldx, w, acc, first, fin, next),
+                11 => avx512::tile::<11>(kc, x, ldx, w, acc, first, fin, next),
+                10 => avx512::tile::<10>(kc, x, ldx, w, acc, first, fin, next),
+                9 => avx512::tile::<9>(kc, x, ldx, w, acc, first, fin, next),
+                8 => avx512::tile::<8>(kc, x, ldx, w, acc, first, fin, next),
+                7 => avx512::tile::<7>(kc, x, ldx, w, acc, first, fin, next),
+                6 => avx512::tile::<6>(kc, x, ldx, w, acc, first, fin, next),
+                5 => avx512::tile::<5>(kc, x, ldx, w, acc, first, fin, next),
+                4 => avx512::tile::<4>(kc, x, ldx, w, acc, first, fin, next),
+                3 => avx512::tile::<3>(kc, x, ldx, w, acc, first, fin, next),
+                2 => avx512::tile::<2>(kc, x, ldx, w, acc, first, fin, next),
+                _ => avx512::tile::<1>(kc, x, ldx, w, acc, first, fin, next),
             }
         },
         #[cfg(target_arch = "x86_64")]
@@ -732,16 +764,16 @@ unsafe fn tile(
         // hold kc*mr and kc*NR floats; `fin` is the caller's promise.
         Isa::Avx2 => unsafe {
             match mr {
-                6 => avx2::tile::<6>(kc, xt, w, acc, first, fin, next),
-                5 => avx2::tile::<5>(kc, xt, w, acc, first, fin, next),
-                4 => avx2::tile::<4>(kc, xt, w, acc, first, fin, next),
-                3 => avx2::tile::<3>(kc, xt, w, acc, first, fin, next),
-                2 => avx2::tile::<2>(kc, xt, w, acc, first, fin, next),
-                _ => avx2::tile::<1>(kc, xt, w, acc, first, fin, next),
+                6 => avx2::tile::<6>(kc, x, ldx, w, acc, first, fin, next),
+                5 => avx2::tile::<5>(kc, x, ldx, w, acc, first, fin, next),
+                4 => avx2::tile::<4>(kc, x, ldx, w, acc, first, fin, next),
+                3 => avx2::tile::<3>(kc, x, ldx, w, acc, first, fin, next),
+                2 => avx2::tile::<2>(kc, x, ldx, w, acc, first, fin, next),
+                _ => avx2::tile::<1>(kc, x, ldx, w, acc, first, fin, next),
             }
         },
         // SAFETY: `fin` is the caller's promise.
-        _ => unsafe { tile_generic(mr, kc, xt, w, acc, first, fin) },
+        _ => unsafe { tile_generic(mr, kc, x, ldx, w, acc, first, fin) },
     }
 }
 
@@ -752,7 +784,8 @@ unsafe fn tile(
 unsafe fn tile_generic(
     mr: usize,
     kc: usize,
-    xt: &[f32],
+    x: &[f32],
+    ldx: usize,
     w: &[f32],
     acc: &mut [[f32; NR]],
     first: bool,
@@ -764,7 +797,7 @@ unsafe fn tile_generic(
     for kk in 0..kc {
         let wk = &w[kk * NR..(kk + 1) * NR];
         for (r, a) in acc.iter_mut().enumerate().take(mr) {
-            let xv = xt[kk * mr + r];
+            let xv = x[r * ldx + kk];
             for (a, &wv) in a.iter_mut().zip(wk) {
                 *a += xv * wv;
             }
@@ -788,13 +821,15 @@ mod avx2 {
     /// The register tile: R rows x 16 features in 2R accumulators.
     ///
     /// # Safety
-    /// The CPU supports AVX2 and FMA; `xt` holds kc*R floats, `w` kc*NR, `acc`
-    /// R rows; `fin`, when given, points to R rows of 16 writable floats `ld`
-    /// apart and 16 readable biases.
+    /// The CPU supports AVX2 and FMA; `x` holds R rows of kc floats `ldx`
+    /// apart, `w` kc*NR floats, `acc` R rows; `fin`, when given, points to R
+    /// rows of 16 writable floats `ld` apart and 16 readable biases.
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile<const R: usize>(
         kc: usize,
-        xt: &[f32],
+        x: &[f32],
+        ldx: usize,
         w: &[f32],
         acc: &mut [[f32; NR]],
         first: bool,
@@ -810,7 +845,8 @@ mod avx2 {
                     a[r][1] = _mm256_loadu_ps(acc[r].as_ptr().add(8));
                 }
             }
-            let (xp, wp) = (xt.as_ptr(), w.as_ptr());
+            let wp = w.as_ptr();
+            let xr: [*const f32; R] = std::array::from_fn(|r| x.as_ptr().add(r * ldx));
             for kk in 0..kc {
                 // One 64-byte line of the weight stream ahead per k, to L2:
                 // prefetches never fault, so running past the end of the
@@ -821,7 +857,7 @@ mod avx2 {
                 let w0 = _mm256_loadu_ps(wp.add(kk * NR));
                 let w1 = _mm256_loadu_ps(wp.add(kk * NR + 8));
                 for (r, ar) in a.iter_mut().enumerate() {
-                    let b = _mm256_broadcast_ss(&*xp.add(kk * R + r));
+                    let b = _mm256_broadcast_ss(&*xr[r].add(kk));
                     ar[0] = _mm256_fmadd_ps(b, w0, ar[0]);
                     ar[1] = _mm256_fmadd_ps(b, w1, ar[1]);
                 }
@@ -859,9 +895,11 @@ mod avx512 {
     /// # Safety
     /// The CPU supports AVX-512 F; otherwise as `avx2::tile`.
     #[target_feature(enable = "avx512f,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile<const R: usize>(
         kc: usize,
-        xt: &[f32],
+        x: &[f32],
+        ldx: usize,
         w: &[f32],
         acc: &mut [[f32; NR]],
         first: bool,
@@ -876,7 +914,8 @@ mod avx512 {
                     a[r] = _mm512_loadu_ps(acc[r].as_ptr());
                 }
             }
-            let (xp, wp) = (xt.as_ptr(), w.as_ptr());
+            let wp = w.as_ptr();
+            let xr: [*const f32; R] = std::array::from_fn(|r| x.as_ptr().add(r * ldx));
             for kk in 0..kc {
                 // One 64-byte line of the weight stream ahead per k (see avx2::tile).
                 if !next.is_null() {
@@ -884,7 +923,7 @@ mod avx512 {
                 }
                 let wv = _mm512_loadu_ps(wp.add(kk * NR));
                 for (r, ar) in a.iter_mut().enumerate() {
-                    *ar = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(kk * R + r)), wv, *ar);
+                    *ar = _mm512_fmadd_ps(_mm512_set1_ps(*xr[r].add(kk)), wv, *ar);
                 }
             }
             match fin {
@@ -964,6 +1003,8 @@ mod tests {
             (16, 512, 512),
             (100, 17, 513),
             (13, 64, 40),
+            // Enough to pack the rows on every thread (see `pack_rows`).
+            (130, 20, 600),
         ] {
             let x: Vec<f32> = (0..rows * k).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
