@@ -781,6 +781,7 @@ unsafe fn tile(
 ///
 /// # Safety
 /// As `tile`, for `fin`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile_generic(
     mr: usize,
     kc: usize,
