@@ -10,8 +10,9 @@
 //! contiguous bytes per k and keeps a [`MR`] x [`NR`] tile of outputs in
 //! registers (BLIS's scheme, with the weight as the packed "B" panel kept in L1
 //! and the rows as the "A" block kept in L2, read in place: the kernel
-//! broadcasts one float of each row per k, so they need no transposing). Threads split the panels (rayon's
-//! pool, the one `--threads` sizes), so nothing is shared while writing.
+//! broadcasts one float of each row per k, so they need no transposing).
+//! Threads split the panels (rayon's pool, the one `--threads` sizes), so
+//! nothing is shared while writing.
 //!
 //! Each output is one float32 dot product summed in k order (fused multiply-add
 //! on AVX2), then the bias is added, as torch's `addmm` rounds: the result is
@@ -678,7 +679,7 @@ unsafe impl Sync for SendPtr {}
 const IN_PLACE_ROWS: usize = 8;
 
 /// `x` [rows, k] copied per k block, each block row-major ([rows][kc]): a
-/// tile's rows are then `kc` floats apart, in distinct L1 sets.
+/// tile's rows are then 1 KiB apart, at most three to an L1 set.
 fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
     let block = |k0: usize| {
         let kc = KC.min(k - k0);
