@@ -65,14 +65,20 @@ fn log_softmax_stats_impl(row: &[f32]) -> Option<(f32, f32)> {
     Some((max, sum.ln()))
 }
 
+/// The rest of `log_softmax` once its `stats` are known: `x - max - log_sum`
+/// in place (torch's order, for the last ulp); `None` leaves the row as it is.
 #[inline(always)]
-fn log_softmax_impl(row: &mut [f32]) {
-    if let Some((max, log_sum)) = log_softmax_stats_impl(row) {
-        // torch computes x - max - log(sum); keep that order for the last ulp.
+pub fn log_softmax_from_stats(row: &mut [f32], stats: Option<(f32, f32)>) {
+    if let Some((max, log_sum)) = stats {
         for x in row.iter_mut() {
             *x = *x - max - log_sum;
         }
     }
+}
+
+#[inline(always)]
+fn log_softmax_impl(row: &mut [f32]) {
+    log_softmax_from_stats(row, log_softmax_stats_impl(row));
 }
 
 #[inline(always)]

@@ -742,8 +742,9 @@ unsafe fn tile(
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512 F (the caller's promise); the slices
-        // hold kc*mr and kc*NR floats; `fin` is the caller's promise.
+        // SAFETY: the CPU has AVX-512 F (the caller's promise); `x` holds mr
+        // rows of kc floats ldx apart and `w` kc*NR floats (asserted);
+        // `fin` is the caller's promise.
         Isa::Avx512 => unsafe {
             match mr {
                 12 => avx512::tile::<12>(kc, x, ldx, w, acc, first, fin, next),
@@ -761,8 +762,9 @@ unsafe fn tile(
             }
         },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2 and FMA (the caller's promise); the slices
-        // hold kc*mr and kc*NR floats; `fin` is the caller's promise.
+        // SAFETY: the CPU has AVX2 and FMA (the caller's promise); `x` holds
+        // mr rows of kc floats ldx apart and `w` kc*NR floats (asserted);
+        // `fin` is the caller's promise.
         Isa::Avx2 => unsafe {
             match mr {
                 6 => avx2::tile::<6>(kc, x, ldx, w, acc, first, fin, next),

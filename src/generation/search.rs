@@ -10,7 +10,7 @@
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::logits::{argmax_with_margin, log_softmax_in_place, LogitsProcessor, RowConstraint};
+use super::logits::{argmax_with_margin, LogitsProcessor, RowConstraint};
 use super::{EarlyStopping, GenerationOptions, LengthLimit};
 use crate::error::Result;
 use crate::models::Seq2Seq;
@@ -423,7 +423,7 @@ fn top_k(values: &[f32], k: usize) -> Vec<(f32, usize)> {
 /// its running score (transformers' order), ranked without writing the rows.
 /// `logits` and `stats` hold one row per beam, or one for all of them (the
 /// first step). Rows a processor rewrites whole (forced ids, renormalizing)
-/// are written out to a scratch row first, as before.
+/// are written out to a scratch row first (from the same statistics).
 fn host_beam_candidates(
     processor: &LogitsProcessor,
     logits: &[f32],
@@ -439,12 +439,13 @@ fn host_beam_candidates(
         let c = processor.constraint(history, max_length);
         if c.forced.is_some() || processor.renormalizes() {
             let mut scratch = row.to_vec();
-            log_softmax_in_place(&mut scratch);
+            crate::cpu::elementwise::log_softmax_from_stats(&mut scratch, stats[r]);
             processor.apply(history, max_length, &mut scratch);
             best.offer_row(&scratch, j * vocab, |x| x + score, &[], 0.0);
             continue;
         }
-        let mut banned = in_vocab(&c.banned, vocab);
+        let mut banned = c.banned;
+        banned.retain(|&b| (b as usize) < vocab);
         banned.sort_unstable();
         banned.dedup();
         // A banned log-probability is -inf before the score is added.
@@ -716,6 +717,7 @@ fn beam<M: Seq2Seq>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generation::logits::log_softmax_in_place;
     use crate::generation::{EarlyStopping, GenerationOptions, LengthLimit};
 
     fn options(renormalize: bool) -> GenerationOptions {

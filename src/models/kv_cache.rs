@@ -163,9 +163,9 @@ impl HostCache {
 }
 
 /// Make row `r < idx.len()` of `buf` (rows of `row_len` floats) hold what
-/// row `idx[r]` holds,
-/// copying only the first `span` floats of each of its `heads` blocks of
-/// `stride` (the filled part of each head). Rows move in parallel, each once:
+/// row `idx[r]` holds, copying only the first `span` floats of each of its
+/// `heads` blocks of `stride` (the filled part of each head). Rows move in
+/// parallel, each once:
 /// a source that is itself overwritten is copied out first, any other is
 /// read in place (a beam reorder moves about a fifth of the rows, and these
 /// copies ran on one thread, twice each).
