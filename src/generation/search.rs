@@ -52,6 +52,18 @@ fn row_limits<M: Seq2Seq>(
         .collect())
 }
 
+/// The most decoder tokens any row is fed: a row stops once its history
+/// (start token included) reaches its limit, and the token that reaches it is
+/// never fed.
+fn fed_positions(limits: &[(usize, LengthLimit)]) -> usize {
+    limits
+        .iter()
+        .map(|l| l.0.saturating_sub(1))
+        .max()
+        .unwrap_or(0)
+        .max(1)
+}
+
 /// The bound `history` (start token included) reached, if it is at its limit.
 fn reached(history: &[u32], limit: (usize, LengthLimit)) -> Option<LengthLimit> {
     (history.len() >= limit.0).then_some(limit.1)
@@ -81,6 +93,7 @@ fn greedy<M: Seq2Seq>(
     let batch = input_ids.dim(0)?;
     let limits = row_limits(model, attention_mask, opts)?;
     let mut state = model.start(input_ids, attention_mask)?;
+    model.bound_positions(&mut state, fed_positions(&limits));
     let mut histories: Vec<Vec<u32>> = vec![vec![opts.decoder_start_token_id]; batch];
     let mut margins = vec![f32::INFINITY; batch];
     let mut active: Vec<usize> = (0..batch).collect();
@@ -477,6 +490,7 @@ fn beam<M: Seq2Seq>(
     let limits = row_limits(model, attention_mask, opts)?;
 
     let mut state = model.start(input_ids, attention_mask)?;
+    model.bound_positions(&mut state, fed_positions(&limits));
     // The first step runs one row per item: every beam holds the same start
     // token and state, so its scores are the same row repeated (computed
     // row by row, identically). The rows are repeated per beam after it.

@@ -262,6 +262,13 @@ impl Attention {
         self.attend_tensor_cache(&q, new, mask, slot, reorder)
     }
 
+    /// An empty self-attention cache that will hold at most `positions`
+    /// positions per row (the host cache then never grows past them; the
+    /// tensor cache, which grows exactly, starts from it as from none).
+    pub fn empty_cache(&self, positions: usize) -> Cache {
+        Cache::Host(HostCache::bounded(self.heads, self.head_dim, positions))
+    }
+
     /// Self-attention through the tensor cache (appending `new` to it).
     fn attend_tensor_cache(
         &self,
@@ -276,6 +283,8 @@ impl Attention {
                 k: append_rows(&old.k, reorder, &new.k)?,
                 v: append_rows(&old.v, reorder, &new.v)?,
             },
+            // An empty host cache (one sized ahead, see `empty_cache`) holds nothing yet.
+            Some(Cache::Host(host)) if host.len == 0 => new,
             Some(Cache::Host(host)) => {
                 let old = host.to_tensors(reorder, q.device())?;
                 KeyValue {

@@ -706,6 +706,14 @@ impl Seq2Seq for BartModel {
         Ok(logits)
     }
 
+    fn bound_positions(&self, state: &mut BartState, positions: usize) {
+        for (slot, l) in state.cache.iter_mut().zip(&self.decoder_layers) {
+            if slot.is_none() {
+                *slot = Some(l.self_attn.empty_cache(positions));
+            }
+        }
+    }
+
     fn searches_on_device(&self) -> bool {
         !self.device.is_cpu() || !crate::cpu::host_kernels()
     }

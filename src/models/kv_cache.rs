@@ -48,10 +48,18 @@ pub struct HostCache {
     pub(super) cap: usize,
     pub(super) len: usize,
     hd: usize,
+    /// Positions this cache will never exceed (the generation's length
+    /// limit), or `usize::MAX`: growth stops there instead of doubling past it.
+    bound: usize,
 }
 
 impl HostCache {
     pub(super) fn empty(heads: usize, hd: usize) -> Self {
+        Self::bounded(heads, hd, usize::MAX)
+    }
+
+    /// An empty cache that will hold at most `bound` positions per row.
+    pub(super) fn bounded(heads: usize, hd: usize, bound: usize) -> Self {
         HostCache {
             k: Vec::new(),
             v: Vec::new(),
@@ -60,6 +68,7 @@ impl HostCache {
             cap: 0,
             len: 0,
             hd,
+            bound,
         }
     }
 
@@ -86,8 +95,14 @@ impl HostCache {
             self.k.len() / self.row_len()
         };
         if rows > rows_alloc || self.len + t > self.cap {
-            // Grow: a fresh buffer with doubled capacity, rows gathered into it.
-            let cap = (self.len + t).max(2 * self.cap).max(16);
+            // Grow: a fresh buffer with doubled capacity (never past the
+            // bound: at 49 positions, doubling to 64 held 30% more memory
+            // than any row would use), rows gathered into it.
+            let cap = (self.len + t)
+                .max(2 * self.cap)
+                .max(16)
+                .min(self.bound)
+                .max(self.len + t);
             let row_len = heads * cap * hd;
             let (old_cap, len) = (self.cap, self.len);
             let gather = |old: &[f32]| {
@@ -317,6 +332,44 @@ mod tests {
             }
             // Rows past the reorder are left as they were.
             assert_eq!(buf[idx.len() * row_len..], old[idx.len() * row_len..]);
+        }
+    }
+
+    /// A bounded cache grows to its bound and no further, keeps every
+    /// position through the growths and a reorder, and still takes a position
+    /// past the bound (growing exactly) rather than failing.
+    #[test]
+    fn bounded_growth_stops_at_the_bound() {
+        let (heads, hd, rows) = (2, 3, 2);
+        let mut c = super::HostCache::bounded(heads, hd, 21);
+        // Position p of row r, head h holds 100r + 10h + p (the same in k and v).
+        let step = |r_of: &dyn Fn(usize) -> usize, p: usize| -> Vec<f32> {
+            (0..rows * heads * hd)
+                .map(|i| (100 * r_of(i / (heads * hd)) + 10 * (i / hd % heads) + p) as f32)
+                .collect()
+        };
+        let mut caps = Vec::new();
+        for p in 0..22 {
+            // At position 5 the rows swap: row r then continues old row 1 - r.
+            let reorder: Option<&[u32]> = (p == 5).then_some(&[1, 0]);
+            let new = step(&|r| if p >= 5 { 1 - r } else { r }, p);
+            c.append(reorder, rows, 1, &new, &new);
+            caps.push(c.cap);
+        }
+        assert_eq!(caps[..16], [16; 16]);
+        assert_eq!(caps[16..21], [21; 5], "doubling stops at the bound");
+        assert_eq!(caps[21], 22, "past the bound, exactly what is needed");
+        for r in 0..rows {
+            for h in 0..heads {
+                let o = (r * heads + h) * c.cap * hd;
+                // Row r took old row 1 - r's first five positions at the swap,
+                // and every later position was written for 1 - r too.
+                let want: Vec<f32> = (0..22)
+                    .flat_map(|p| std::iter::repeat_n((100 * (1 - r) + 10 * h + p) as f32, hd))
+                    .collect();
+                assert_eq!(c.k[o..o + 22 * hd], want[..], "row {r} head {h}");
+                assert_eq!(c.v[o..o + 22 * hd], want[..], "row {r} head {h}");
+            }
         }
     }
 }

@@ -61,6 +61,11 @@ pub trait Seq2Seq {
         false
     }
 
+    /// Tell the state that at most `positions` decoder tokens will be fed to
+    /// it (generation knows this from its length limits), so caches can be
+    /// sized to it rather than grown past it. Optional: the default ignores it.
+    fn bound_positions(&self, _state: &mut Self::State, _positions: usize) {}
+
     /// Keep only the given rows of the state, in the given order (rows may repeat).
     fn select_rows(&self, state: &mut Self::State, rows: &[u32]) -> Result<()>;
 
