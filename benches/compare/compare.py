@@ -13,6 +13,12 @@ Not run in CI. Usage, from the repository root:
     pip install -r benches/compare/requirements.txt
     cargo build --release --bench throughput
     python3 benches/compare/compare.py [--systems transformers,ct2-float32,ct2-int8,transum-f32,transum-q8_0]
+        [--beams 1,4] [--rounds 5]
+
+The machine this was tuned on varies by 10-30% between runs of the same
+binary (other tenants of the host), so `--rounds N` repeats every system N
+times, interleaved, and reports the median and range of tok/s and of each
+round's ratios.
 """
 import argparse
 import glob
@@ -191,6 +197,8 @@ def main():
     ap.add_argument("--systems", default="transformers,ct2-float32,ct2-int8,transum-f32,transum-q8_0")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--beams", default="1,4")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every system this many times, interleaved; report medians and ranges")
     ap.add_argument("--child")
     args, _ = ap.parse_known_args()
     if args.child:
@@ -205,22 +213,40 @@ def main():
         json.dump(ids, f)
     with open(os.path.join(WORK, "tokens.json"), "w", encoding="utf-8") as f:
         json.dump([tok.convert_ids_to_tokens(i) for i in ids], f, ensure_ascii=False)
-    rows = []
+    systems = args.systems.split(",")
+    # runs[(system, beams)]: one result per round. Rounds interleave the
+    # systems (a, b, a, b, ...) so that a slow spell of a shared machine falls
+    # on all of them, and each round's ratios compare runs minutes apart.
+    runs = {}
     for beams in [int(b) for b in args.beams.split(",")]:
-        for system in args.systems.split(","):
-            p = subprocess.run([sys.executable, __file__, "--child", system, "--beams", str(beams),
-                                "--batch", str(args.batch)], check=True, capture_output=True, text=True)
-            r = json.loads(p.stdout.strip().splitlines()[-1])
-            rows.append((system, beams, r["tokens"], r["seconds"], r["tokens"] / r["seconds"], r["load"], r["rss"]))
-            print(f"{system:<14} beams={beams} {rows[-1][4]:8.1f} tok/s", file=sys.stderr, flush=True)
-    print(f"\n{SENTENCES} sentences x {NEW_TOKENS} new tokens, batch {args.batch}, {THREADS} threads")
-    print(f"{'system':<14} {'beams':>5} {'tokens':>7} {'tok/s':>8} {'load s':>7} {'peak RSS MiB':>13}  ratio vs ct2-float32 / ct2-int8")
-    for system, beams, tokens, secs, tps, load, rss in rows:
-        ref = {s: t for s, b, _, _, t, _, _ in rows if b == beams}
-        r32 = tps / ref["ct2-float32"] if "ct2-float32" in ref else float("nan")
-        r8 = tps / ref["ct2-int8"] if "ct2-int8" in ref else float("nan")
-        print(f"{system:<14} {beams:>5} {tokens:>7} {tps:>8.1f} {load:>7.2f} {rss:>13.0f}  {r32:.2f} / {r8:.2f}")
+        for rnd in range(args.rounds):
+            for system in systems:
+                p = subprocess.run([sys.executable, __file__, "--child", system, "--beams", str(beams),
+                                    "--batch", str(args.batch)], check=True, capture_output=True, text=True)
+                r = json.loads(p.stdout.strip().splitlines()[-1])
+                r["tps"] = r["tokens"] / r["seconds"]
+                runs.setdefault((system, beams), []).append(r)
+                print(f"{system:<14} beams={beams} round {rnd + 1}/{args.rounds} {r['tps']:8.1f} tok/s",
+                      file=sys.stderr, flush=True)
+    print(f"\n{SENTENCES} sentences x {NEW_TOKENS} new tokens, batch {args.batch}, {THREADS} threads, "
+          f"{args.rounds} round(s)" + (": medians [min-max]" if args.rounds > 1 else ""))
+    print(f"{'system':<14} {'beams':>5} {'tokens':>7} {'tok/s':>20} {'load s':>7} {'peak RSS MiB':>13}"
+          f"  ratio vs ct2-float32 / ct2-int8")
 
+    def spread(xs, fmt):
+        xs = sorted(xs)
+        med = xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+        return fmt.format(med) if len(xs) == 1 else (fmt.format(med) + " [" + fmt.format(xs[0]) + "-"
+                                                     + fmt.format(xs[-1]) + "]")
+
+    for (system, beams), rs in runs.items():
+        def ratios(ref):
+            # Per round: this system's run against the reference's run of the same round.
+            return [a["tps"] / b["tps"] for a, b in zip(rs, runs[(ref, beams)])] if (ref, beams) in runs else None
+        rat = [ratios(ref) for ref in ("ct2-float32", "ct2-int8")]
+        rtxt = " / ".join("nan" if r is None else spread(r, "{:.2f}") for r in rat)
+        print(f"{system:<14} {beams:>5} {rs[0]['tokens']:>7} {spread([r['tps'] for r in rs], '{:.1f}'):>20} "
+              f"{spread([r['load'] for r in rs], '{:.2f}'):>7} {spread([r['rss'] for r in rs], '{:.0f}'):>13}  {rtxt}")
 
 if __name__ == "__main__":
     main()
