@@ -681,33 +681,22 @@ const IN_PLACE_ROWS: usize = 8;
 /// `x` [rows, k] copied per k block, each block row-major ([rows][kc]): a
 /// tile's rows are then 1 KiB apart, at most three to an L1 set.
 fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
-    let block = |k0: usize| {
-        let kc = KC.min(k - k0);
-        (0..rows).map(move |r| &x[r * k + k0..r * k + k0 + kc])
+    let mut xp = vec![0f32; rows * k];
+    // Block b (k from b * KC) as its rows' kc-long slices, one after another.
+    let fill = |(b, dst): (usize, &mut [f32])| {
+        let (k0, kc) = (b * KC, KC.min(k - b * KC));
+        for (r, d) in dst.chunks_mut(kc).enumerate() {
+            d.copy_from_slice(&x[r * k + k0..r * k + k0 + kc]);
+        }
     };
     // Encoder-sized inputs (hundreds of rows) are packed on every thread;
     // a decode step's few rows are not worth waking them.
     if rows * k >= 1 << 16 {
-        let mut xp = vec![0f32; rows * k];
-        xp.par_chunks_mut(KC * rows)
-            .enumerate()
-            .for_each(|(b, dst)| {
-                let k0 = b * KC;
-                for (d, src) in dst.chunks_mut(KC.min(k - k0)).zip(block(k0)) {
-                    d.copy_from_slice(src);
-                }
-            });
-        xp
+        xp.par_chunks_mut(KC * rows).enumerate().for_each(fill);
     } else {
-        // Written in order: no zeroing first.
-        let mut xp = Vec::with_capacity(rows * k);
-        for k0 in (0..k).step_by(KC) {
-            for src in block(k0) {
-                xp.extend_from_slice(src);
-            }
-        }
-        xp
+        xp.chunks_mut(KC * rows).enumerate().for_each(fill);
     }
+    xp
 }
 
 /// `acc[r] = (first ? 0 : acc[r]) + Σ_kk x[r * ldx + kk] * w[kk][..]` for

@@ -60,7 +60,11 @@ impl LogitsProcessor {
     /// `history` and whose decoder length is limited to `max_length` (the
     /// row's own limit: see [`super::GenerationOptions::row_limit`]).
     pub fn apply(&self, history: &[u32], max_length: usize, scores: &mut [f32]) {
-        let c = self.constraint(history, max_length);
+        self.apply_constraint(&self.constraint(history, max_length), scores);
+    }
+
+    /// [`LogitsProcessor::apply`] with the row's constraint already known.
+    pub fn apply_constraint(&self, c: &RowConstraint, scores: &mut [f32]) {
         for &id in &c.banned {
             if let Some(s) = scores.get_mut(id as usize) {
                 *s = f32::NEG_INFINITY;

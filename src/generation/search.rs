@@ -453,7 +453,7 @@ fn host_beam_candidates(
         if c.forced.is_some() || processor.renormalizes() {
             let mut scratch = row.to_vec();
             crate::cpu::elementwise::log_softmax_from_stats(&mut scratch, stats[r]);
-            processor.apply(history, max_length, &mut scratch);
+            processor.apply_constraint(&c, &mut scratch);
             best.offer_row(&scratch, j * vocab, |x| x + score, &[], 0.0);
             continue;
         }
