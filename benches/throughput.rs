@@ -167,9 +167,10 @@ fn matmul_shapes() {
     use candle_core::{Device, Tensor};
     use transum::cpu::matmul::PackedMatrix;
     println!(
-        "packed f32 ({}) vs candle gemm, and q8_0 ({} int8 kernel), RAYON_NUM_THREADS={}",
+        "packed f32 ({}) vs candle gemm, and q8_0 ({} int8 kernel: {}), RAYON_NUM_THREADS={}",
         transum::cpu::isa().name(),
         transum::cpu::int8::kernel().unwrap().name(),
+        transum::cpu::int8::kernel().unwrap().encoding(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into())
     );
     for (rows, n, k) in transum::bench::MATMUL_SHAPES {

@@ -31,7 +31,12 @@ fn main() -> ExitCode {
         .init();
     // The kernels' instruction set, chosen once (TRANSUM_CPU_ISA may force one).
     match transum::cpu::init().and_then(|isa| Ok((isa, transum::cpu::int8::kernel()?))) {
-        Ok((isa, int8)) => tracing::info!("CPU kernels: {}, int8: {}", isa.name(), int8.name()),
+        Ok((isa, int8)) => tracing::info!(
+            "CPU kernels: {}, int8: {} ({})",
+            isa.name(),
+            int8.name(),
+            int8.encoding()
+        ),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);

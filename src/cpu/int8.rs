@@ -29,7 +29,10 @@
 //!
 //! Kernels, one chosen once through [`I8Kernel::for_isa`]:
 //! - AVX-512 VNNI: `vpdpbusd` on zmm, 16 features per instruction;
-//! - AVX-VNNI: `vpdpbusd` on ymm (VEX), 8 features per instruction;
+//! - AVX-VNNI: `vpdpbusd` on ymm (VEX), 8 features per instruction. On
+//!   AVX-512 VNNI CPUs without AVX-VNNI it runs with the instruction's
+//!   AVX-512 VL encoding, so its code is tested there; only
+//!   `TRANSUM_INT8_KERNEL=avx_vnni` picks it on those CPUs;
 //! - AVX2: `vpmaddubsw` + `vpmaddwd`, on activations quantized to 7 bits
 //!   (amax / 63, shifted by 64 to u8 in 1..=127, compensated with
 //!   `64 Σ_k w`). `vpmaddubsw` saturates its i16 pair sums: 2 x 127 x 128
@@ -94,7 +97,12 @@ impl I8Kernel {
             match self {
                 I8Kernel::Generic => true,
                 I8Kernel::Avx2 => has!("avx2") && has!("fma"),
-                I8Kernel::AvxVnni => has!("avx2") && has!("fma") && has!("avxvnni"),
+                // The VEX encoding, or the AVX-512 VL one (see `avx_vnni_evex`).
+                I8Kernel::AvxVnni => {
+                    has!("avx2")
+                        && has!("fma")
+                        && (has!("avxvnni") || (has!("avx512vnni") && has!("avx512vl")))
+                }
                 I8Kernel::Avx512Vnni => {
                     has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("fma")
                 }
@@ -107,19 +115,33 @@ impl I8Kernel {
     }
 
     /// The kernel for the chosen instruction set: `generic` forces the
-    /// portable kernel; AVX2 takes AVX-VNNI when the CPU has it; AVX-512
-    /// takes AVX-512 VNNI when the CPU has it, else the best of the ymm ones.
+    /// portable kernel; AVX2 takes AVX-VNNI when the CPU has it (its VEX
+    /// encoding: AVX2 rules out AVX-512 instructions); AVX-512 takes AVX-512
+    /// VNNI when the CPU has it, else the best of the ymm ones.
     pub fn for_isa(isa: Isa) -> I8Kernel {
         let pick = |k: I8Kernel| k.supported().then_some(k);
         match isa {
             Isa::Generic => I8Kernel::Generic,
             Isa::Avx2 => pick(I8Kernel::AvxVnni)
+                .filter(|_| avx_vnni_vex())
                 .or(pick(I8Kernel::Avx2))
                 .unwrap_or(I8Kernel::Generic),
             Isa::Avx512 => pick(I8Kernel::Avx512Vnni)
                 .or(pick(I8Kernel::AvxVnni))
                 .or(pick(I8Kernel::Avx2))
                 .unwrap_or(I8Kernel::Generic),
+        }
+    }
+
+    /// How `vpdpbusd` is encoded where this kernel runs here: the AVX-VNNI
+    /// kernel takes the AVX-512 VL encoding on CPUs without AVX-VNNI.
+    pub fn encoding(self) -> &'static str {
+        match self {
+            I8Kernel::AvxVnni if !avx_vnni_vex() => "vpdpbusd ymm, AVX-512 VL encoding",
+            I8Kernel::AvxVnni => "vpdpbusd ymm, VEX encoding",
+            I8Kernel::Avx512Vnni => "vpdpbusd zmm",
+            I8Kernel::Avx2 => "vpmaddubsw + vpmaddwd",
+            I8Kernel::Generic => "portable",
         }
     }
 
@@ -146,6 +168,18 @@ impl I8Kernel {
             // 2 i32 ymm per row; f32 sums wait in L1.
             I8Kernel::Avx2 | I8Kernel::AvxVnni | I8Kernel::Generic => 4,
         }
+    }
+}
+
+/// Whether the CPU has AVX-VNNI's own (VEX) `vpdpbusd` on ymm.
+fn avx_vnni_vex() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -392,7 +426,13 @@ pub unsafe fn panel_product(
                     seq!(r, 8, [x86::avx512vnni], k, xq, xd, panel, o, comp_shift)
                 }
                 #[cfg(target_arch = "x86_64")]
-                I8Kernel::AvxVnni => seq!(r, 4, [x86::avxvnni], k, xq, xd, panel, o, comp_shift),
+                I8Kernel::AvxVnni if avx_vnni_vex() => {
+                    seq!(r, 4, [x86::avxvnni], k, xq, xd, panel, o, comp_shift)
+                }
+                #[cfg(target_arch = "x86_64")]
+                I8Kernel::AvxVnni => {
+                    seq!(r, 4, [x86::avx_vnni_evex], k, xq, xd, panel, o, comp_shift)
+                }
                 #[cfg(target_arch = "x86_64")]
                 I8Kernel::Avx2 => seq!(r, 4, [x86::avx2], k, xq, xd, panel, o, comp_shift),
                 _ => generic(k, xq, xd, panel, o),
@@ -641,6 +681,31 @@ mod x86 {
         unsafe {
             ymm::<R>(k, xq, xd, p, dst, comp_shift, |s, x, w| {
                 _mm256_dpbusd_avx_epi32(s, x, w)
+            })
+        }
+    }
+
+    /// The AVX-VNNI kernel with `vpdpbusd` in its AVX-512 VL (EVEX)
+    /// encoding, which computes the same sums: for AVX-512 VNNI CPUs without
+    /// AVX-VNNI (Ice Lake, Sapphire Rapids, Zen 4), where it runs the ymm
+    /// kernel's code, so that code is tested and measured there too. Only the
+    /// instruction's encoding differs from [`avxvnni`].
+    ///
+    /// # Safety
+    /// As [`avx512vnni`], for AVX2, FMA, AVX-512 VNNI and AVX-512 VL.
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    pub unsafe fn avx_vnni_evex<const R: usize>(
+        k: usize,
+        xq: &[u8],
+        xd: &[f32],
+        p: Panel,
+        dst: Dst,
+        comp_shift: i32,
+    ) {
+        // SAFETY: the caller's promises.
+        unsafe {
+            ymm::<R>(k, xq, xd, p, dst, comp_shift, |s, x, w| {
+                _mm256_dpbusd_epi32(s, x, w)
             })
         }
     }

@@ -239,6 +239,7 @@ fn int8_kernels_equal_their_portable_twin() {
                 eprintln!("skipped: CPU lacks {}", kernel.name());
                 continue;
             }
+            eprintln!("int8 {}: {}", kernel.name(), kernel.encoding());
             for bits in [kernel.activation_bits(), 7] {
                 for bias in [None, Some(b.as_slice())] {
                     assert_close(
