@@ -166,11 +166,12 @@ fn run_one(
 fn matmul_shapes() {
     use candle_core::{Device, Tensor};
     use transum::cpu::matmul::PackedMatrix;
+    let int8 = transum::cpu::int8::kernel().unwrap();
     println!(
         "packed f32 ({}) vs candle gemm, and q8_0 ({} int8 kernel: {}), RAYON_NUM_THREADS={}",
         transum::cpu::isa().name(),
-        transum::cpu::int8::kernel().unwrap().name(),
-        transum::cpu::int8::kernel().unwrap().encoding(),
+        int8.name(),
+        int8.encoding(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into())
     );
     for (rows, n, k) in transum::bench::MATMUL_SHAPES {
